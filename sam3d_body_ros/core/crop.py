@@ -1,0 +1,93 @@
+"""Person crops as upstream SAM 3D Body makes them: box -> padded square -> 512x512 affine warp -> ImageNet norm."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import InputError
+
+PADDING = 1.25
+ASPECT_RATIO = 0.75  # w / h
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass
+class CropBatch:
+    """Normalised crops of N persons plus what maps crop pixels back to image pixels."""
+
+    images: torch.Tensor  # (N,3,S,S) float32, ImageNet-normalised RGB
+    center: torch.Tensor  # (N,2) box centre, image px
+    side: torch.Tensor  # (N,) square crop side, image px
+    affine: torch.Tensor  # (N,2,3) image px -> crop px
+    boxes: torch.Tensor  # (N,4) xyxy, image px
+    image_size: tuple[int, int]  # (W, H)
+
+
+def validate_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, list[str]]:
+    """Check xyxy boxes against an image; returns a validity mask and one reason per invalid box."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    valid = np.ones(len(boxes), dtype=bool)
+    reasons: list[str] = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        why = None
+        if not np.all(np.isfinite([x1, y1, x2, y2])):
+            why = "has a NaN or infinite coordinate"
+        elif x2 - x1 < 1.0 or y2 - y1 < 1.0:
+            why = f"has zero or negative size ({x2 - x1:.1f} x {y2 - y1:.1f} px)"
+        elif x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            why = f"lies outside the {width}x{height} image"
+        if why:
+            valid[i] = False
+            reasons.append(f"box {i} [{x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}] {why}")
+    return valid, reasons
+
+
+def box_to_center_side(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """xyxy -> centre and square side = PADDING * max(h, w / ASPECT_RATIO) (upstream GetBBoxCenterScale + fixes)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    center = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    # fix_aspect_ratio(0.75) then square: the side is the height after widening to 3:4.
+    return center, PADDING * np.maximum(h, w / ASPECT_RATIO)
+
+
+def warp_matrix(center: np.ndarray, side: float, size: int) -> np.ndarray:
+    """Similarity transform mapping `center` to the crop centre and `side` px to `size` px (no UDP shift)."""
+    s = size / side
+    return np.array(
+        [[s, 0.0, size / 2.0 - s * center[0]], [0.0, s, size / 2.0 - s * center[1]]], dtype=np.float64
+    )
+
+
+def prepare_crops(image_rgb: np.ndarray, boxes: np.ndarray, size: int = 512) -> CropBatch:
+    """Warp each box of an RGB uint8 image to a normalised size x size crop (black border, bilinear)."""
+    if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise InputError(f"image must be an HxWx3 RGB array, got shape {getattr(image_rgb, 'shape', None)}")
+    if image_rgb.dtype != np.uint8:
+        raise InputError(f"image must be uint8, got {image_rgb.dtype}")
+    h, w = image_rgb.shape[:2]
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    valid, reasons = validate_boxes(boxes, w, h)
+    if not valid.all():
+        raise InputError("; ".join(reasons))
+    center, side = box_to_center_side(boxes)
+    affines = np.stack([warp_matrix(c, s, size) for c, s in zip(center, side)]) if len(boxes) else np.zeros((0, 2, 3))
+    crops = np.empty((len(boxes), size, size, 3), dtype=np.float32)
+    for i, m in enumerate(affines):
+        warped = cv2.warpAffine(
+            image_rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+        crops[i] = (warped.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return CropBatch(
+        images=torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(),
+        center=torch.from_numpy(center).float(),
+        side=torch.from_numpy(side).float(),
+        affine=torch.from_numpy(affines).float(),
+        boxes=torch.from_numpy(boxes).float(),
+        image_size=(w, h),
+    )
