@@ -12,6 +12,9 @@ from ..core.config import ModelConfig
 # backend name -> module defining `create(cfg, *, device, precision, backbone_state, backbone_file, seed)`
 BACKENDS: dict[str, str] = {
     "torch": "sam3d_body_ros.runtime.torch_backend",
+    "onnxruntime": "sam3d_body_ros.runtime.ort_backend",
+    "pt2": "sam3d_body_ros.runtime.pt2_backend",
+    "tensorrt": "sam3d_body_ros.runtime.tensorrt_backend",
 }
 
 
