@@ -1,6 +1,7 @@
 """Writes small TorchScript archives laid out like upstream's `assets/mhr_model.pt`, for loader tests."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,5 +42,7 @@ def write_mhr_asset(path: Path, rig: MHRRig, omit: str | None = None) -> Path:
     if ASSET_JOINT_NAMES != omit:
         *parents, leaf = ASSET_JOINT_NAMES.split(".")
         setattr(_node(root, parents), leaf, list(rig.joint_names))
-    torch.jit.script(root).save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, yet it is the asset's format
+        torch.jit.script(root).save(str(path))
     return path
