@@ -1,0 +1,298 @@
+"""The `sam3d_body` node: image + camera_info + person detections -> body meshes, joints and boxes in 3D."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from ..core.errors import InputError, WeightsError
+from ..core.keypoints import MHR70_NAMES, MHR_JOINT_NAMES
+from . import conversions, markers
+from .diagnostics import NodeHealth
+from .qos import describe, make_qos
+from .sync import Frame, StampSynchronizer
+
+NODE_NAME = "sam3d_body"
+# name -> (default, description); dotted names are nested keys in config/mesh.yaml.
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "model_config": ("tiny", "model size without weights_dir: tiny (fast, for tests/demo) or full (840M backbone)"),
+    "backend": ("torch", "backbone runtime: torch, torch-int8, onnxruntime, tensorrt, pt2"),
+    "precision": ("fp32", "backbone precision: fp32, bf16, fp16, int8 (backend dependent)"),
+    "device": ("cpu", "torch device: cpu or cuda[:N]"),
+    "weights_dir": ("", "upstream checkpoint dir (model.ckpt, model_config.yaml, assets/mhr_model.pt); empty: random"),
+    "backbone_file": ("", "backbone artifact for onnxruntime/tensorrt/pt2 (.onnx, .engine, .pt2)"),
+    "engine_cache_dir": ("", "where TensorRT engines are cached (empty: the runtime's default)"),
+    "seed": (0, "seed of the random weights used without weights_dir"),
+    "max_persons": (10, "at most this many persons per frame, highest scores first (0: no limit)"),
+    "score_threshold": (0.0, "ignore detections whose score is below this"),
+    "class_ids": ("", "comma-separated detection class ids to keep (e.g. 'person,0'); empty keeps every class"),
+    "sync_slop": (0.0, "stamp tolerance in s for matching image/detections/camera_info; 0 = exact stamps"),
+    "sync_queue_size": (10, "messages kept per input while waiting for their partners"),
+    "camera_info_wait": (0.1, "s to wait for a late camera_info before using default intrinsics"),
+    "image_qos.reliability": ("reliable", "image subscription: reliable or best_effort"),
+    "image_qos.depth": (1, "image subscription queue depth"),
+    "camera_info_qos.reliability": ("reliable", "camera_info subscription: reliable or best_effort"),
+    "camera_info_qos.depth": (5, "camera_info subscription queue depth"),
+    "detections_qos.reliability": ("reliable", "detections subscription: reliable or best_effort"),
+    "detections_qos.depth": (5, "detections subscription queue depth"),
+    "output_qos.reliability": ("reliable", "publishers: reliable or best_effort"),
+    "output_qos.depth": (5, "publisher queue depth"),
+    "publish_mesh": (True, "include the TRIANGLE_LIST mesh in ~/markers (skeleton only when false)"),
+    "publish_markers": (True, "publish ~/markers"),
+    "publish_joints": (True, "publish ~/joints"),
+    "publish_keypoints": (True, "publish ~/keypoints"),
+    "publish_bodies": (True, "publish ~/bodies"),
+    "publish_diagnostics": (True, "publish /diagnostics"),
+    "diagnostics_period": (1.0, "s between /diagnostics messages"),
+}
+FLIP = np.diag([1.0, -1.0, -1.0])  # F applied to pred_global_rots for joint orientations in the camera frame
+
+
+class MeshNode(Node):
+    """Synchronises the inputs, runs BodyPipeline on a worker thread (newest frame only) and publishes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for name, (default, text) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=text))
+        ro = ParameterDescriptor(read_only=True, description="names in output order")
+        self.declare_parameter("joint_names", list(MHR_JOINT_NAMES), ro)
+        self.declare_parameter("keypoint_names", list(MHR70_NAMES), ro)
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self.params = p
+        self.class_ids = frozenset(c.strip() for c in p["class_ids"].split(",") if c.strip())
+        log = self.get_logger()
+
+        self.health = NodeHealth(f"{self.get_name()}: body mesh")
+        self._slots = 0
+        self._first_markers = True
+        self._unmatched_seen: dict[str, int] = {}
+        self._pending: Frame | None = None
+        self._cv = threading.Condition()
+        self._stop = False
+        self._load_pipeline(p)
+
+        qos = {k: make_qos(p[f"{k}_qos.reliability"], p[f"{k}_qos.depth"])
+               for k in ("image", "camera_info", "detections", "output")}
+        self.sync = StampSynchronizer(("image", "detections"), ("camera_info",), slop=p["sync_slop"],
+                                      queue_size=p["sync_queue_size"], optional_wait=p["camera_info_wait"])
+        self.create_subscription(Image, "image", lambda m: self._on_input("image", m), qos["image"])
+        self.create_subscription(CameraInfo, "camera_info", lambda m: self._on_input("camera_info", m),
+                                 qos["camera_info"])
+        from vision_msgs.msg import Detection2DArray, Detection3DArray
+
+        self.create_subscription(Detection2DArray, "detections", lambda m: self._on_input("detections", m),
+                                 qos["detections"])
+        out = qos["output"]
+        self.pub_markers = self.create_publisher(MarkerArray, "~/markers", out) if p["publish_markers"] else None
+        self.pub_joints = self.create_publisher(PoseArray, "~/joints", out) if p["publish_joints"] else None
+        self.pub_keypoints = self.create_publisher(PoseArray, "~/keypoints", out) if p["publish_keypoints"] else None
+        self.pub_bodies = self.create_publisher(Detection3DArray, "~/bodies", out) if p["publish_bodies"] else None
+        self.pub_diag = None
+        if p["publish_diagnostics"]:
+            self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        self.create_timer(0.02, self._poll_sync)
+
+        for k, prof in qos.items():
+            log.info(f"QoS {k}: {describe(prof)}")
+        sync = "exact stamps" if p["sync_slop"] == 0 else f"approximate, slop {p['sync_slop']} s"
+        log.info(f"sync: {sync}; class_ids: {sorted(self.class_ids) or 'all'}; score >= {p['score_threshold']}; "
+                 f"max_persons {p['max_persons']}")
+
+        self._worker = threading.Thread(target=self._work, name="sam3d_body_worker", daemon=True)
+        self._worker.start()
+
+    # ---------------------------------------------------------------- set-up
+    def _load_pipeline(self, p: dict[str, Any]) -> None:
+        """Build BodyPipeline (imports torch here); missing/bad weights fall back to random weights, loudly."""
+        from ..core.pipeline import BodyPipeline, PipelineSettings
+
+        fields = {f.name for f in dataclasses.fields(PipelineSettings)}
+        kw = dict(model_config=p["model_config"], backend=p["backend"], weights_dir=p["weights_dir"] or None,
+                  backbone_file=p["backbone_file"] or None, device=p["device"], precision=p["precision"],
+                  seed=p["seed"])
+        if p["engine_cache_dir"] and "engine_cache_dir" in fields:
+            kw["engine_cache_dir"] = p["engine_cache_dir"]
+        try:
+            self.pipeline = BodyPipeline(PipelineSettings(**kw))
+            self.weights_problem = None
+        except (WeightsError, FileNotFoundError) as e:
+            self.weights_problem = f"weights could not be loaded ({e}); running with RANDOM weights"
+            self.get_logger().error(self.weights_problem)
+            self.health.warn("weights", self.weights_problem)
+            self.pipeline = BodyPipeline(PipelineSettings(**{**kw, "weights_dir": None}))
+        pipe = self.pipeline
+        self.health.info.update(backend=pipe.backend_name, model_config=pipe.cfg.name, weights=pipe.weights_status,
+                                device=str(pipe.device))
+        if self.weights_problem:
+            self.health.error = self.weights_problem
+        self.get_logger().info(f"model {pipe.cfg.name}, backend {pipe.backend_name} on {pipe.device}; "
+                               f"{pipe.weights_status}")
+
+    # ---------------------------------------------------------------- inputs
+    def _warn(self, kind: str, message: str) -> None:
+        """Throttled warning (logged at most every 5 s per kind) that also lands in diagnostics."""
+        if self.health.warn(kind, message):
+            self.get_logger().warning(message)
+
+    def _on_input(self, key: str, msg: Any) -> None:
+        frames = self.sync.add(key, conversions.stamp_ns(msg.header), msg, time.monotonic())
+        self._submit(frames)
+
+    def _poll_sync(self) -> None:
+        self._submit(self.sync.poll(time.monotonic()))
+        stats = self.sync.stats
+        for key, n in stats.unmatched.items():
+            self.health.set_counter(f"unmatched_{key}", n)
+        new = stats.unmatched["detections"] - self._unmatched_seen.get("detections", 0)
+        if new > 0:
+            stamp = stats.last_unmatched["detections"]
+            self._warn("detections_without_image",
+                       f"{new} Detection2DArray message(s) had no image with the same stamp "
+                       f"(last at {stamp / 1e9:.3f} s); check that the detector copies the image header "
+                       f"or set sync_slop")
+        self._unmatched_seen = dict(stats.unmatched)
+
+    def _submit(self, frames: list[Frame]) -> None:
+        """Hand the newest frame to the worker; a frame still waiting there is replaced and counted as dropped."""
+        if not frames:
+            return
+        with self._cv:
+            self.health.count("frames_synchronized", len(frames))
+            dropped = len(frames) - 1 + (self._pending is not None)
+            if dropped:
+                self.health.count("frames_dropped_busy", dropped)
+            self._pending = frames[-1]
+            self.health.set_max("pending_frames_max", 1)
+            self._cv.notify()
+
+    # ---------------------------------------------------------------- worker
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while self._pending is None and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                frame, self._pending = self._pending, None
+            try:
+                self._process(frame)
+            except InputError as e:
+                self._warn("input", f"frame at {frame.stamp_ns / 1e9:.3f} s rejected: {e}")
+            except Exception as e:  # keep serving later frames; the error is logged and in diagnostics
+                self._warn("inference", f"frame at {frame.stamp_ns / 1e9:.3f} s failed: {type(e).__name__}: {e}")
+
+    def _process(self, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        image_msg = frame.msgs["image"]
+        header = image_msg.header
+        try:
+            rgb = conversions.image_to_rgb(image_msg)
+        except InputError as e:
+            self._warn("image", f"image rejected: {e}")
+            return
+        h, w = rgb.shape[:2]
+        info = frame.msgs.get("camera_info")
+        if info is None:
+            self._warn("camera_info", "no camera_info with the image's stamp; using default intrinsics "
+                                      "(focal = image diagonal, centre)")
+            K = None
+        else:
+            try:
+                K = conversions.camera_info_to_K(info)
+            except InputError as e:
+                self._warn("intrinsics", f"frame skipped: {e}")
+                return
+        dets = conversions.detections_to_boxes(frame.msgs["detections"], self.class_ids,
+                                               self.params["score_threshold"], self.params["max_persons"])
+        from ..core.crop import validate_boxes
+
+        valid, reasons = validate_boxes(dets.boxes, w, h)
+        for reason in reasons:
+            self._warn("box", f"detection dropped: {reason}")
+        keep = np.flatnonzero(valid)
+        boxes = dets.boxes[keep]
+        ids = [dets.ids[i] for i in keep]
+        cls = [dets.class_ids[i] for i in keep]
+        scores = dets.scores[keep]
+        t1 = time.perf_counter()
+        result = self.pipeline.infer(rgb, boxes, K)
+        t2 = time.perf_counter()
+        self._publish(header, result.outputs, result.faces, ids, cls, scores)
+        t3 = time.perf_counter()
+        stages = {"convert": 1000 * (t1 - t0), **{k: v for k, v in result.timings_ms.items() if k != "total"},
+                  "publish": 1000 * (t3 - t2), "total": 1000 * (t3 - t0)}
+        self.health.frame_done(stages, len(boxes))
+
+    def _publish(self, header: Header, o: dict[str, np.ndarray], faces: np.ndarray, ids: list[str],
+                 cls: list[str], scores: np.ndarray) -> None:
+        cam_t = o["pred_cam_t"][:, None, :]
+        verts = o["pred_vertices"] + cam_t
+        kps = o["pred_keypoints_3d"] + cam_t
+        n = len(verts)
+        if self.pub_markers is not None:
+            mesh = verts if self.params["publish_mesh"] else None
+            msg = markers.marker_array(header, mesh, faces, kps, self._slots, clear_all=self._first_markers)
+            self.pub_markers.publish(msg)
+            self._slots, self._first_markers = n, False
+        if self.pub_joints is not None:
+            self.pub_joints.publish(markers.pose_array(header, o["pred_joint_coords"] + cam_t,
+                                                       joint_quaternions(o["pred_global_rots"])))
+        if self.pub_keypoints is not None:
+            self.pub_keypoints.publish(markers.pose_array(header, kps))
+        if self.pub_bodies is not None:
+            self.pub_bodies.publish(markers.bodies(header, verts, kps, ids, cls, scores))
+
+    def _publish_diagnostics(self) -> None:
+        header = Header()
+        header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(self.health.array(header, hardware_id=str(self.pipeline.device)))
+
+    def destroy_node(self) -> None:
+        """Stop the worker thread, then destroy the node."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+
+def joint_quaternions(global_rots: np.ndarray) -> np.ndarray:
+    """(N,J,3,3) pred_global_rots -> (N,J,4) xyzw quaternions of F·R, F = diag(1,-1,-1)."""
+    import roma
+    import torch
+
+    R = torch.from_numpy(np.ascontiguousarray(FLIP @ np.asarray(global_rots, dtype=np.float64)))
+    return roma.rotmat_to_unitquat(R).numpy()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of `mesh_node`: spin the node on a MultiThreadedExecutor until shut down."""
+    rclpy.init(args=args)
+    node = MeshNode()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
