@@ -21,7 +21,7 @@ from .crop import IMAGENET_MEAN, IMAGENET_STD
 from .errors import WeightsError
 from .heads import (BODY_HAND_PARAM_IDXS, HAND_JOINT_DOFS, NUM_BODY_PARAMS, NUM_HAND_CONT, NUM_HAND_PARAMS, NUM_SCALE,
                     body_params_to_cont)
-from .mhr import MHRBody, MHRRig, load_mhr_asset, synthetic_keypoint_mapping, synthetic_rig
+from .mhr import MHRAssetError, MHRBody, MHRRig, load_mhr_asset, synthetic_keypoint_mapping, synthetic_rig
 from .model import BODY_MODE_UNUSED_PREFIXES, SAM3DBodyHead
 
 WEIGHTS_FILE = "model.ckpt"
@@ -175,7 +175,10 @@ def load_checkpoint(ckpt_dir: Path, device: str | torch.device = "cpu", trust_pi
         if not path.is_file():
             raise WeightsError(f"{what} {path.name} not found ({path}): download the full SAM 3D Body release "
                                f"(model.ckpt, model_config.yaml, assets/mhr_model.pt)")
-    rig = load_mhr_asset(asset_path)
+    try:
+        rig = load_mhr_asset(asset_path)
+    except MHRAssetError as exc:
+        raise WeightsError(f"{exc}: use the assets/mhr_model.pt of the same release") from exc
     cfg = config_from_yaml(_find_config(ckpt_dir), rig_config(rig))
     state = _read_state_dict(weights_path, trust_pickle)
 
