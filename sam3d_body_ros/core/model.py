@@ -79,6 +79,11 @@ class SAM3DBodyHead(nn.Module):
         self.keypoint3d_embedding = nn.Embedding(k, d)
         self.keypoint3d_posemb_linear = FFN(3, d, d)
 
+    @property
+    def faces(self) -> torch.Tensor:
+        """Mesh triangles (F,3) int64 of `pred_vertices` (checkpoint `head_pose.faces`)."""
+        return self.head_pose.faces
+
     # -- token set-up ---------------------------------------------------------------------------------------------
     def initial_tokens(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIFF condition (N,3) -> tokens (N,T,d) [pose, prev, prompt, 2 hand, K kp2d, K kp3d] and their PE."""
