@@ -182,6 +182,7 @@ class MHRHead(nn.Module):
         self.register_buffer("local_to_world_wrist", torch.zeros(3, 3))
         self.register_buffer("nonhand_param_idxs", torch.zeros(NUM_NONHAND_PARAMS, dtype=torch.long))
         self.decoding = BodyDecoding()
+        self.register_buffer("axis_flip", torch.tensor([1.0, -1.0, -1.0]), persistent=False)  # MHR Y-up -> camera
         self.mhr = mhr
 
     def hand_params(self, hand_cont: torch.Tensor) -> torch.Tensor:
@@ -209,7 +210,7 @@ class MHRHead(nn.Module):
         joints = skel[..., :3] / 100.0
         global_rots = roma.unitquat_to_rotmat(skel[..., 3:7])
         keypoints = self.keypoint_mapping[: self.num_keypoints] @ torch.cat([verts, joints], dim=1)
-        flip = verts.new_tensor([1.0, -1.0, -1.0])  # MHR Y-up -> camera axes (y down, z forward)
+        flip = self.axis_flip  # positions only; rotations stay in the MHR frame, as upstream
         return {
             "pred_vertices": verts * flip,
             "pred_keypoints_3d": keypoints * flip,
