@@ -3,6 +3,7 @@ in DINOv3 naming, hand branch included), model_config.yaml and assets/mhr_model.
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -111,17 +112,14 @@ class TinyCheckpoint:
     state: dict[str, torch.Tensor]  # the flat dict in model.ckpt
 
 
-def write_tiny_checkpoint(
-    root: Path,
-    seed: int = 0,
-    *,
-    edit_state: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
-    edit_yaml: Callable[[dict[str, Any]], None] | None = None,
-    wrap_state_dict: bool = False,
-    with_asset: bool = True,
-) -> TinyCheckpoint:
-    """Write `root/{model.ckpt, model_config.yaml, assets/mhr_model.pt}` for the tiny config."""
+def _write_files(root: Path, state: dict[str, torch.Tensor], tree: dict[str, Any], wrap_state_dict: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state} if wrap_state_dict else state, root / WEIGHTS_FILE)
+    (root / CONFIG_FILE).write_text(yaml.safe_dump(tree))
+
+
+def write_tiny_checkpoint(root: Path, seed: int = 0) -> TinyCheckpoint:
+    """Write `root/{model.ckpt, model_config.yaml, assets/mhr_model.pt}` for the tiny config."""
     head = random_head(TINY, seed=seed).eval()
     with torch.no_grad():  # move everything off the random-head defaults so a non-loaded tensor shows
         g = torch.Generator().manual_seed(seed + 1)
@@ -132,14 +130,30 @@ def write_tiny_checkpoint(
     state = {BACKBONE_PREFIX + k: v for k, v in backbone_up.items()}
     state.update(head_state)
     state.update(hand_branch_state(head_state, seed))
+    _write_files(root, state, upstream_yaml(), wrap_state_dict=False)
+    (root / MHR_ASSET).parent.mkdir(exist_ok=True)
+    write_mhr_asset(root / MHR_ASSET, synthetic_rig(TINY.mhr, seed=seed))
+    return TinyCheckpoint(root, head, backbone_timm, state)
+
+
+def variant(
+    src: TinyCheckpoint,
+    root: Path,
+    *,
+    edit_state: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    edit_yaml: Callable[[dict[str, Any]], None] | None = None,
+    wrap_state_dict: bool = False,
+    with_asset: bool = True,
+) -> TinyCheckpoint:
+    """A copy of a written checkpoint directory with the state dict and/or the yaml edited."""
+    state = dict(src.state)
     if edit_state is not None:
         state = edit_state(state)
-    torch.save({"state_dict": state} if wrap_state_dict else state, root / WEIGHTS_FILE)
     tree = copy.deepcopy(upstream_yaml())
     if edit_yaml is not None:
         edit_yaml(tree)
-    (root / CONFIG_FILE).write_text(yaml.safe_dump(tree))
+    _write_files(root, state, tree, wrap_state_dict)
     if with_asset:
         (root / MHR_ASSET).parent.mkdir(exist_ok=True)
-        write_mhr_asset(root / MHR_ASSET, synthetic_rig(TINY.mhr, seed=seed))
-    return TinyCheckpoint(root, head, backbone_timm, state)
+        shutil.copyfile(src.path / MHR_ASSET, root / MHR_ASSET)
+    return TinyCheckpoint(root, src.head, src.backbone_timm_state, state)

@@ -3,7 +3,7 @@ import re
 
 import pytest
 import torch
-from ckpt_factory import write_tiny_checkpoint
+from ckpt_factory import variant, write_tiny_checkpoint
 from test_decoder import make_inputs
 
 from sam3d_body_ros.core.backbone import build_backbone
@@ -22,6 +22,7 @@ def test_round_trip_gives_identical_outputs_and_backbone(written):
     loaded = load_checkpoint(written.path)
     assert loaded.cfg == TINY
     assert str(written.path) in loaded.source
+    assert loaded.head.weights_description == loaded.source
     inputs = make_inputs(3, seed=1)
     with torch.no_grad():
         ref = written.head(*inputs)
@@ -40,8 +41,8 @@ def test_round_trip_gives_identical_outputs_and_backbone(written):
         assert key.startswith("backbone.encoder.") or key in head_keys or key.startswith(BODY_MODE_UNUSED_PREFIXES)
 
 
-def test_state_dict_wrapper_accepted(tmp_path):
-    ckpt = write_tiny_checkpoint(tmp_path / "w", seed=1, wrap_state_dict=True)
+def test_state_dict_wrapper_accepted(written, tmp_path):
+    ckpt = variant(written, tmp_path / "w", wrap_state_dict=True)
     loaded = load_checkpoint(ckpt.path)
     assert torch.equal(loaded.head.init_pose.weight, ckpt.head.init_pose.weight)
 
@@ -58,8 +59,8 @@ def _rename(old, new):
     ("head_pose.keypoint_mapping", "head_pose.keypoint_map"),
     ("backbone.encoder.blocks.1.mlp.w3.weight", "backbone.encoder.blocks.1.mlp.fc3.weight"),
 ])
-def test_renamed_key_fails_naming_both_keys(tmp_path, old, new):
-    ckpt = write_tiny_checkpoint(tmp_path / "w", edit_state=_rename(old, new))
+def test_renamed_key_fails_naming_both_keys(written, tmp_path, old, new):
+    ckpt = variant(written, tmp_path / "w", edit_state=_rename(old, new))
     with pytest.raises(WeightsError) as err:
         load_checkpoint(ckpt.path)
     msg = str(err.value)
@@ -72,28 +73,28 @@ def test_renamed_key_fails_naming_both_keys(tmp_path, old, new):
     assert missing in msg and new.removeprefix("backbone.encoder.") in msg
 
 
-def test_missing_key_fails(tmp_path):
+def test_missing_key_fails(written, tmp_path):
     def drop(state):
         del state["head_camera.proj.layers.1.bias"]
         return state
-    ckpt = write_tiny_checkpoint(tmp_path / "w", edit_state=drop)
+    ckpt = variant(written, tmp_path / "w", edit_state=drop)
     with pytest.raises(WeightsError, match=r"1 missing: head_camera\.proj\.layers\.1\.bias"):
         load_checkpoint(ckpt.path)
 
 
-def test_unknown_non_hand_key_fails(tmp_path):
+def test_unknown_non_hand_key_fails(written, tmp_path):
     def add(state):
         state["decoder.layers.0.extra_gate"] = torch.zeros(3)
         return state
-    ckpt = write_tiny_checkpoint(tmp_path / "w", edit_state=add)
+    ckpt = variant(written, tmp_path / "w", edit_state=add)
     with pytest.raises(WeightsError, match=r"1 unexpected: decoder\.layers\.0\.extra_gate"):
         load_checkpoint(ckpt.path)
 
 
-def test_config_size_mismatch_fails_with_shapes(tmp_path):
+def test_config_size_mismatch_fails_with_shapes(written, tmp_path):
     def bigger(tree):
         tree["MODEL"]["DECODER"]["DIM"] = 96
-    ckpt = write_tiny_checkpoint(tmp_path / "w", edit_yaml=bigger)
+    ckpt = variant(written, tmp_path / "w", edit_yaml=bigger)
     with pytest.raises(WeightsError, match=r"wrong shape: .*init_pose\.weight|wrong shape") as err:
         load_checkpoint(ckpt.path)
     assert re.search(r"\d+ wrong shape", str(err.value)) and "model.ckpt" in str(err.value)
@@ -105,30 +106,30 @@ def test_config_size_mismatch_fails_with_shapes(tmp_path):
     ("BACKBONE", "TYPE", "dinov3_vit7b"),
     ("PROMPT_ENCODER", "MASK_EMBED_TYPE", "v1"),
 ])
-def test_unsupported_config_value_fails_naming_key_and_file(tmp_path, section, key, value):
+def test_unsupported_config_value_fails_naming_key_and_file(written, tmp_path, section, key, value):
     def edit(tree):
         tree["MODEL"][section][key] = value
-    ckpt = write_tiny_checkpoint(tmp_path / "w", edit_yaml=edit)
+    ckpt = variant(written, tmp_path / "w", edit_yaml=edit)
     with pytest.raises(WeightsError) as err:
         load_checkpoint(ckpt.path)
     msg = str(err.value)
     assert f"MODEL.{section}.{key}" in msg and "model_config.yaml" in msg
 
 
-def test_missing_config_key_fails(tmp_path):
-    ckpt = write_tiny_checkpoint(tmp_path / "w", edit_yaml=lambda tree: tree["MODEL"]["DECODER"].pop("HEADS"))
+def test_missing_config_key_fails(written, tmp_path):
+    ckpt = variant(written, tmp_path / "w", edit_yaml=lambda tree: tree["MODEL"]["DECODER"].pop("HEADS"))
     with pytest.raises(WeightsError, match=r"MODEL\.DECODER\.HEADS is missing"):
         load_checkpoint(ckpt.path)
 
 
-def test_missing_mhr_asset_fails_naming_the_file(tmp_path):
-    ckpt = write_tiny_checkpoint(tmp_path / "w", with_asset=False)
+def test_missing_mhr_asset_fails_naming_the_file(written, tmp_path):
+    ckpt = variant(written, tmp_path / "w", with_asset=False)
     with pytest.raises(WeightsError, match=re.escape(str(ckpt.path / MHR_ASSET))):
         load_checkpoint(ckpt.path)
 
 
-def test_missing_config_file_fails(tmp_path):
-    ckpt = write_tiny_checkpoint(tmp_path / "w")
+def test_missing_config_file_fails(written, tmp_path):
+    ckpt = variant(written, tmp_path / "w")
     (ckpt.path / "model_config.yaml").unlink()
     with pytest.raises(WeightsError, match="model_config.yaml not found"):
         load_checkpoint(ckpt.path)
@@ -138,8 +139,8 @@ class _Opaque:
     """A pickled object that a weights-only load refuses."""
 
 
-def test_pickled_objects_need_explicit_trust(tmp_path):
-    ckpt = write_tiny_checkpoint(tmp_path / "w")
+def test_pickled_objects_need_explicit_trust(written, tmp_path):
+    ckpt = variant(written, tmp_path / "w")
     torch.save({"state_dict": ckpt.state, "meta": _Opaque()}, ckpt.path / "model.ckpt")
     with pytest.raises(WeightsError, match="trust_pickle=True"):
         load_checkpoint(ckpt.path)
@@ -148,6 +149,7 @@ def test_pickled_objects_need_explicit_trust(tmp_path):
 
 def test_random_head_is_seeded_and_covers_upstream_keys():
     a, b, c = random_head(TINY, seed=0), random_head(TINY, seed=0), random_head(TINY, seed=1)
+    assert "RANDOM" in a.weights_description and "SYNTHETIC" in a.weights_description
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["decoder.layers.0.ln1.weight"] + sa["init_to_token_mhr.weight"].sum(),

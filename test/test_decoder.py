@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sam3d_body_ros.core.backbone import count_params
-from sam3d_body_ros.core.camera import default_intrinsics, ray_map
+from sam3d_body_ros.core.camera import cliff_condition, default_intrinsics, ray_map
 from sam3d_body_ros.core.checkpoint import random_head
 from sam3d_body_ros.core.config import FULL, TINY
 from sam3d_body_ros.core.crop import box_to_center_side, warp_matrix
@@ -134,6 +134,10 @@ def test_first_layer_matches_hand_computation_with_pe_skip(head):
     with torch.no_grad():
         pred0 = head.forward_all(*inputs)[0]
         tokens, pe, ctx, img_pe = hand_initial_state(head, *inputs)
+        assert tokens.shape == (2, 145, TINY.decoder.dim)  # pose, prev, prompt, 2 hand, 70 kp2d, 70 kp3d
+        got_tokens, got_pe = head.initial_tokens(cliff_condition(*inputs[1:3], inputs[4]))
+        torch.testing.assert_close(got_tokens, tokens)
+        torch.testing.assert_close(got_pe, pe)
         ctx = ctx.flatten(2).transpose(1, 2)
         layer, heads = head.decoder.layers[0], TINY.decoder.heads
         skipped = ref_layer(layer, tokens, ctx, pe, img_pe, pe_in_self_attn=False, heads=heads)

@@ -200,6 +200,7 @@ def load_checkpoint(ckpt_dir: Path, device: str | torch.device = "cpu", trust_pi
     unused = len(state) - len(encoder) - len(head_state)
     source = (f"{ckpt_dir} ({cfg.name} config, {len(backbone_state)} backbone + {len(head_state)} head tensors, "
               f"{unused} hand-branch/rig tensors not used in body mode)")
+    head.weights_description = source
     return LoadedCheckpoint(cfg=cfg, head=head.to(device), backbone_state=backbone_state, source=source)
 
 
@@ -248,4 +249,5 @@ def random_head(cfg: ModelConfig, seed: int = 0) -> SAM3DBodyHead:
             hp.hand_joint_idxs_right.copy_(_SYNTHETIC_HAND_IDXS[NUM_HAND_PARAMS:])
             hp.keypoint_mapping.copy_(synthetic_keypoint_mapping(cfg.mhr, seed=seed))
             hp.faces.copy_(rig.faces)
+    head.weights_description = f"RANDOM weights (seed {seed}) + SYNTHETIC MHR rig: not a real body estimate"
     return head

@@ -56,6 +56,8 @@ class SAM3DBodyHead(nn.Module):
         d, c = cfg.decoder.dim, cfg.backbone.embed_dim
         k = cfg.mhr.num_keypoints
         self.cfg = cfg
+        # What the weights are (set by core.checkpoint: the checkpoint source, or RANDOM + SYNTHETIC rig).
+        self.weights_description = "untrained (default init)"
         self.crop_size = cfg.backbone.img_size
         depth = cfg.decoder.depth
         self.interm_layers = tuple(range(depth - 1)) if interm_layers is None else tuple(sorted(set(interm_layers)))
