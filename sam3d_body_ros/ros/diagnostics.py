@@ -25,8 +25,7 @@ class NodeHealth:
         self.name = name
         self.rate_window = rate_window
         self.warn_window = warn_window
-        self.counters: dict[str, int] = {"frames_synchronized": 0, "frames_processed": 0, "frames_dropped_busy": 0,
-                                         "pending_frames_max": 0}
+        self.counters: dict[str, int] = {"frames_synchronized": 0, "frames_processed": 0, "frames_dropped_busy": 0}
         self.stage_ms: dict[str, float] = {}
         self.persons = 0
         self.info: dict[str, str] = {}
@@ -39,11 +38,6 @@ class NodeHealth:
         """Add n to a counter."""
         with self._lock:
             self.counters[key] = self.counters.get(key, 0) + n
-
-    def set_max(self, key: str, value: int) -> None:
-        """Keep the maximum of a counter and `value`."""
-        with self._lock:
-            self.counters[key] = max(self.counters.get(key, 0), value)
 
     def set_counter(self, key: str, value: int) -> None:
         """Overwrite a counter (for totals kept elsewhere, e.g. by the synchroniser)."""

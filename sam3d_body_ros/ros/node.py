@@ -176,7 +176,6 @@ class MeshNode(Node):
             if dropped:
                 self.health.count("frames_dropped_busy", dropped)
             self._pending = frames[-1]
-            self.health.set_max("pending_frames_max", 1)
             self._cv.notify()
 
     # ---------------------------------------------------------------- worker

@@ -1,0 +1,71 @@
+"""The node as its own process (venv python, --ros-args --params-file) over loopback DDS, with a weights
+directory that does not exist: it must say so, fall back to random weights and keep answering."""
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+import yaml
+
+from ros_fixtures import FRAME_ID, PHOTO, Probe, Spinner, camera_info, header, init_context, resend_until, \
+    ros_env, wait_for
+from sam3d_body_ros.ros.conversions import array_to_image, stamp_ns
+
+REPO = Path(__file__).resolve().parents[1]
+IDS, SCORES = ["p7", "p9"], np.array([0.8, 0.6])
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("node")
+    params = yaml.safe_load((REPO / "config" / "mesh.yaml").read_text())
+    p = params["/**"]["ros__parameters"]
+    p.update(model_config="tiny", weights_dir=str(tmp / "no_such_weights"), diagnostics_period=0.3)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    log = open(tmp / "node.log", "w")
+    env = {**os.environ, **ros_env(__name__)}
+    proc = subprocess.Popen([sys.executable, "-m", "sam3d_body_ros.ros.node", "--ros-args",
+                             "--params-file", str(tmp / "params.yaml")],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    ctx = init_context(__name__)
+    probe = Probe(ctx)
+    spinner = Spinner(ctx, probe)
+    yield proc, probe, itertools.count(1), tmp / "node.log"
+    spinner.stop()
+    probe.destroy_node()
+    rclpy.shutdown(context=ctx)
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+def test_separate_process_answers_and_reports_missing_weights(remote):
+    proc, probe, stamps, log = remote
+    got = resend_until(probe, lambda: probe.send_frame(next(stamps), ids=IDS, scores=SCORES), timeout=60.0)
+    assert got is not None, "no answer; node log:\n" + log.read_text()[-3000:]
+    h, out = got
+    mesh = [m for m in out["markers"].markers if m.ns == "mesh" and m.action == m.ADD]
+    assert [len(m.points) for m in mesh] == [3840, 3840]
+    assert all(m.header.frame_id == FRAME_ID and stamp_ns(m.header) == stamp_ns(h) for m in out["markers"].markers)
+    assert len(out["joints"].poses) == 2 * 127 and out["joints"].header.frame_id == FRAME_ID
+    assert [b.id for b in out["bodies"].detections] == IDS
+    np.testing.assert_allclose([b.results[0].hypothesis.score for b in out["bodies"].detections], SCORES)
+
+    d = wait_for(lambda: probe.diagnostics() or None, 5.0)
+    assert d["level"] == 2 and "no_such_weights" in d["message"] and "RANDOM" in d["message"]
+    assert "warning.weights" in d and "RANDOM" in d["weights"]
+    text = log.read_text()
+    assert "QoS image: reliable, keep_last(1), volatile" in text and "weights could not be loaded" in text
+
+    # A bad frame, then a valid one: still answered.
+    bad = header(next(stamps))
+    img = array_to_image(PHOTO, "rgb8")
+    img.encoding = "32FC1"
+    probe.send(bad, img, np.array([[120.0, 20.0, 440.0, 512.0]]), camera_info(bad, 512, 512))
+    assert wait_for(lambda: "warning.image" in probe.diagnostics(), 5.0)
+    assert resend_until(probe, lambda: probe.send_frame(next(stamps)), timeout=20.0) is not None
+    assert proc.poll() is None
