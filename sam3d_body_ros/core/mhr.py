@@ -133,7 +133,8 @@ class MHRRig:
         if len(self.joint_names) != J:
             raise ValueError(f"joint_names: expected {J} names, got {len(self.joint_names)}")
         if self.num_model_params <= 0:
-            raise ValueError(f"parameter_transform: {self.parameter_transform.shape[1]} columns leave no model parameters")
+            columns = self.parameter_transform.shape[1]
+            raise ValueError(f"parameter_transform: {columns} columns leave no model parameters")
         _joint_depths(self.joint_parents.tolist())  # raises on a malformed tree
         ranges = {
             "skin_vert_indices": (self.skin_vert_indices, V),
@@ -316,7 +317,7 @@ class MHRBody(nn.Module):
         expr: torch.Tensor | None = None,
         apply_correctives: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(identity (B|1, 45), model_params (B, 204), expr (B|1, 72) or None) -> (verts (B, V, 3) cm, skel (B, J, 8))."""
+        """(identity (B|1, 45), model_params (B, 204), expr (B|1, 72) | None) -> (verts (B,V,3) cm, skel (B,J,8))."""
         dtype = self.base_shape.dtype
         batch = model_params.shape[0]
         model_params = model_params.to(dtype)
@@ -346,7 +347,8 @@ _THREE_DOF = (
     "l_thumb0", "r_thumb0", "l_thumb1", "r_thumb1", "l_pinky0", "r_pinky0",
 )
 _ONE_DOF = tuple(
-    [(f"{side}_{name}", 5) for side in "lr" for name in ("lowleg", "lowarm", "subtalar", "transversetarsal", "ball")]
+    [(f"{side}_{name}", 5) for side in "lr"
+     for name in ("lowleg", "lowarm", "subtalar", "transversetarsal", "ball")]
     + [(f"{side}_wrist_twist", 3) for side in "lr"]
     + [(f"{side}_{finger}{k}", axis) for side in "lr" for finger in ("index", "middle", "ring", "pinky")
        for k, axis in ((1, 5), (1, 4), (2, 5), (3, 5))]
@@ -354,10 +356,14 @@ _ONE_DOF = tuple(
     + [(f"{side}_eye", axis) for side in "lr" for axis in (3, 4)]
     + [(f"c_tongue{k}", 3) for k in range(5)] + [("c_teeth", 3)]
 )
-_TRANSLATION_DOF = (("l_clavicle", 1), ("l_clavicle", 2), ("r_clavicle", 1), ("r_clavicle", 2), ("c_jaw", 1), ("c_jaw", 2))
+_TRANSLATION_DOF = (
+    ("l_clavicle", 1), ("l_clavicle", 2), ("r_clavicle", 1), ("r_clavicle", 2), ("c_jaw", 1), ("c_jaw", 2),
+)
 
 # Tube path through the body (consecutive joints are ancestor/descendant), radii (lateral, sagittal) cm.
-_LEFT_ARM = ("l_clavicle", "l_uparm", "l_lowarm", "l_wrist", "l_middle1", "l_middle2", "l_middle3", "l_middle_null")
+_LEFT_ARM = (
+    "l_clavicle", "l_uparm", "l_lowarm", "l_wrist", "l_middle1", "l_middle2", "l_middle3", "l_middle_null",
+)
 _RIGHT_ARM = tuple(name.replace("l_", "r_", 1) for name in _LEFT_ARM)
 _BODY_PATH = (
     ("l_ball", "l_transversetarsal", "l_subtalar", "l_foot", "l_lowleg", "l_upleg", "root",
@@ -375,17 +381,20 @@ _RADII = {
     "lowarm": (4.2, 4.2), "wrist": (3.0, 2.2), "middle1": (4.2, 1.5), "middle2": (1.0, 1.0),
     "middle3": (0.9, 0.9), "middle_null": (0.5, 0.5),
 }
-# MHR70 keypoints placed on joints; the others sit on the mesh near a target point (below).
+# MHR70 keypoints placed on joints (where real SAM 3D Body outputs put them within ~3 cm); each finger's
+# tip, first, second and third joint keypoints are its _null, 3, 2 and 1 joints. The others sit on the
+# mesh near a target point (below).
 _KEYPOINT_JOINTS = {
     1: "l_eye_null", 2: "r_eye_null", 5: "l_uparm", 6: "r_uparm", 7: "l_lowarm", 8: "r_lowarm",
     9: "l_upleg", 10: "r_upleg", 11: "l_lowleg", 12: "r_lowleg", 13: "l_talocrural", 14: "r_talocrural",
     41: "r_wrist", 62: "l_wrist", 69: "c_neck",
+    **{
+        first + 4 * f + k: f"{side}_{finger}{suffix}"
+        for side, first in (("r", 21), ("l", 42))
+        for f, finger in enumerate(("thumb", "index", "middle", "ring", "pinky"))
+        for k, suffix in enumerate(("_null", "3", "2", "1"))
+    },
 }
-for _side, _first in (("r", 21), ("l", 42)):
-    for _f, _finger in enumerate(("thumb", "index", "middle", "ring", "pinky")):
-        _chain = ("null", "3", "2", "1")
-        for _k, _suffix in enumerate(_chain):
-            _KEYPOINT_JOINTS[_first + 4 * _f + _k] = f"{_side}_{_finger}{'_' if _suffix == 'null' else ''}{_suffix}"
 # (anchor joint, offset cm with x mirrored for right-side keypoints).
 _KEYPOINT_SURFACE = {
     0: ("c_head", (0.0, 3.0, 10.0)), 3: ("c_head", (8.0, 4.0, -1.0)), 4: ("c_head", (-8.0, 4.0, -1.0)),
@@ -397,13 +406,19 @@ _KEYPOINT_SURFACE = {
 }
 
 
+def _vec(*xyz: float) -> torch.Tensor:
+    """A float64 3-vector."""
+    return torch.tensor(xyz, dtype=torch.float64)
+
+
 def _rest_joint_positions() -> torch.Tensor:
     """Rest positions (127, 3) float64 of a ~172 cm A-posed person: cm, Y up, facing +Z, left side at +X."""
-    t = lambda *xyz: torch.tensor(xyz, dtype=torch.float64)  # noqa: E731
+    t = _vec
     p: dict[str, torch.Tensor] = {
-        "body_world": t(0, 0, 0), "root": t(0, 92.4, 0), "c_spine0": t(0, 100, -1.5), "c_spine1": t(0, 111, -2.5),
-        "c_spine2": t(0, 123, -3), "c_spine3": t(0, 135, -2.5), "c_neck": t(0, 147, -3.5), "c_head": t(0, 156, -1.5),
-        "c_jaw": t(0, 157, 1.5), "c_teeth": t(0, 155, 8.5), "c_jaw_null": t(0, 149, 9), "c_head_null": t(0, 172.5, -1),
+        "body_world": t(0, 0, 0), "root": t(0, 92.4, 0), "c_spine0": t(0, 100, -1.5),
+        "c_spine1": t(0, 111, -2.5), "c_spine2": t(0, 123, -3), "c_spine3": t(0, 135, -2.5),
+        "c_neck": t(0, 147, -3.5), "c_head": t(0, 156, -1.5), "c_jaw": t(0, 157, 1.5), "c_teeth": t(0, 155, 8.5),
+        "c_jaw_null": t(0, 149, 9), "c_head_null": t(0, 172.5, -1),
     }
     p["c_neck_twist0_proc"] = torch.lerp(p["c_neck"], p["c_head"], 1 / 3)
     p["c_neck_twist1_proc"] = torch.lerp(p["c_neck"], p["c_head"], 2 / 3)
@@ -413,9 +428,10 @@ def _rest_joint_positions() -> torch.Tensor:
     thumb = F.normalize(arm + 0.9 * _Z, dim=0)
     for side, sign in (("l", 1.0), ("r", -1.0)):
         q: dict[str, torch.Tensor] = {
-            "upleg": t(9.5, 87, 0), "lowleg": t(10, 48, 1.5), "foot": t(10.5, 8.5, -3), "talocrural": t(10.5, 7.5, -3),
-            "subtalar": t(10.5, 5, -4), "transversetarsal": t(10.5, 4, 4), "ball": t(11, 2, 11),
-            "clavicle": t(2.5, 143, 1), "uparm": t(17, 142, -3), "eye": t(3.2, 163, 6.5), "eye_null": t(3.2, 163, 9.5),
+            "upleg": t(9.5, 87, 0), "lowleg": t(10, 48, 1.5), "foot": t(10.5, 8.5, -3),
+            "talocrural": t(10.5, 7.5, -3), "subtalar": t(10.5, 5, -4), "transversetarsal": t(10.5, 4, 4),
+            "ball": t(11, 2, 11), "clavicle": t(2.5, 143, 1), "uparm": t(17, 142, -3),
+            "eye": t(3.2, 163, 6.5), "eye_null": t(3.2, 163, 9.5),
         }
         q["lowarm"] = q["uparm"] + 27 * arm - _Z
         q["wrist"] = q["wrist_twist"] = q["lowarm"] + 24 * arm + 1.5 * _Z
@@ -427,9 +443,9 @@ def _rest_joint_positions() -> torch.Tensor:
             for name, length in zip((f"{finger}1", f"{finger}2", f"{finger}3", f"{finger}_null"), (*lengths, 0.0)):
                 q[name] = joint
                 joint = joint + length * arm
-        q["thumb0"] = q["wrist"] + 1.5 * arm + 1.8 * _Z
+        joint = q["thumb0"] = q["wrist"] + 1.5 * arm + 1.8 * _Z
         for name, length in (("thumb1", 3.2), ("thumb2", 3.0), ("thumb3", 2.7), ("thumb_null", 2.2)):
-            q[name] = q[{"thumb1": "thumb0", "thumb2": "thumb1", "thumb3": "thumb2", "thumb_null": "thumb3"}[name]] + length * thumb
+            joint = q[name] = joint + length * thumb
         for k in range(5):
             q[f"uparm_twist{k}_proc"] = torch.lerp(q["uparm"], q["lowarm"], k / 5)
             q[f"upleg_twist{k}_proc"] = torch.lerp(q["upleg"], q["lowleg"], k / 5)
@@ -500,12 +516,21 @@ def _point_segment_distance(points: torch.Tensor, a: torch.Tensor, b: torch.Tens
     return (points[:, None] - (a + u[..., None] * ab)).norm(dim=-1)
 
 
+def _is_ancestor(ancestor: int, joint: int) -> bool:
+    """Whether `ancestor` lies on the parent chain of `joint`."""
+    while joint >= 0:
+        if joint == ancestor:
+            return True
+        joint = MHR_JOINT_PARENTS[joint]
+    return False
+
+
 def _synthetic_geometry(cfg: MHRConfig) -> _SyntheticGeometry:
     """A closed UV-sphere mesh (F = 2V - 4) swept along a path through the skeleton, skinned to its bones."""
     if cfg.num_faces != 2 * cfg.num_vertices - 4:
         raise ValueError(f"num_faces={cfg.num_faces} must equal 2 * num_vertices - 4 for a closed genus-0 mesh")
-    if cfg.num_joints != len(MHR_JOINT_NAMES):
-        raise ValueError(f"num_joints={cfg.num_joints}: the synthetic rig has MHR's {len(MHR_JOINT_NAMES)} joints")
+    if (cfg.num_joints, cfg.num_identity) != (len(MHR_JOINT_NAMES), 45):
+        raise ValueError(f"the synthetic rig has MHR's {len(MHR_JOINT_NAMES)} joints and 45 identity components")
     rings, segments = _uv_grid(cfg.num_vertices)
     joints = _rest_joint_positions()
     frames = _rest_frames(joints)
@@ -559,25 +584,20 @@ def _synthetic_geometry(cfg: MHRConfig) -> _SyntheticGeometry:
     return _SyntheticGeometry(joints, frames, vertices, normals, faces, joint[ring_of_vertex], weight[ring_of_vertex])
 
 
-def _is_ancestor(ancestor: int, joint: int) -> bool:
-    """Whether `ancestor` lies on the parent chain of `joint`."""
-    while joint >= 0:
-        if joint == ancestor:
-            return True
-        joint = MHR_JOINT_PARENTS[joint]
-    return False
-
-
 def _parameter_transform(cfg: MHRConfig) -> torch.Tensor:
     """(J*7, num_model_params + num_identity): root, body DoFs, twist couplings and 68 joint scales."""
     J = len(MHR_JOINT_NAMES)
     pose: list[tuple[str, int]] = [("root", c) for c in range(6)]
     pose += [(name, c) for name in _THREE_DOF for c in (3, 4, 5)]
     pose += list(_ONE_DOF) + list(_TRANSLATION_DOF)
-    scaled = [n for n in MHR_JOINT_NAMES[1:] if not n.endswith(("_null", "_proc")) and not n.startswith(("c_tongue", "c_teeth"))]
+    scaled = [
+        n for n in MHR_JOINT_NAMES[1:] if not n.endswith(("_null", "_proc")) and not n.startswith(("c_tongue", "c_teeth"))
+    ]
     num_pose = cfg.num_model_params - len(scaled)
     if len(pose) != num_pose:
-        raise ValueError(f"num_model_params={cfg.num_model_params}: the synthetic rig has {len(pose)} pose + {len(scaled)} scale parameters")
+        raise ValueError(
+            f"num_model_params={cfg.num_model_params}: the synthetic rig has {len(pose)} pose + {len(scaled)} scales"
+        )
     transform = torch.zeros(J * 7, cfg.num_model_params + cfg.num_identity)
     for column, (name, channel) in enumerate(pose):
         transform[_JOINT[name] * 7 + channel, column] = 1.0
@@ -616,19 +636,21 @@ def synthetic_rig(cfg: MHRConfig, seed: int = 0) -> MHRRig:
     parents = torch.tensor(MHR_JOINT_PARENTS)
     joints, frames = geometry.joints, geometry.frames
 
-    parent_frames = torch.where(parents[:, None, None] >= 0, frames[parents.clamp_min(0)], torch.eye(3, dtype=torch.float64))
-    parent_joints = torch.where(parents[:, None] >= 0, joints[parents.clamp_min(0)], torch.zeros(3, dtype=torch.float64))
+    # Rest pose = zero parameters: local offsets/prerotations reproduce the rest frames, scale 1.
+    has_parent = parents >= 0
+    parent_frames = torch.where(has_parent[:, None, None], frames[parents.clamp_min(0)], torch.eye(3).double())
+    parent_joints = torch.where(has_parent[:, None], joints[parents.clamp_min(0)], torch.zeros(3).double())
     offsets = (parent_frames.transpose(1, 2) @ (joints - parent_joints)[..., None]).squeeze(-1)
     prerotations = roma.rotmat_to_unitquat(parent_frames.transpose(1, 2) @ frames)
     bind_rotation = frames.transpose(1, 2)
-    inverse_bind = torch.cat(
-        (-(bind_rotation @ joints[..., None]).squeeze(-1), roma.rotmat_to_unitquat(bind_rotation), torch.ones(J, 1, dtype=torch.float64)), -1
-    )
+    bind_translation = -(bind_rotation @ joints[..., None]).squeeze(-1)
+    inverse_bind = torch.cat((bind_translation, roma.rotmat_to_unitquat(bind_rotation), torch.ones(J, 1).double()), -1)
 
     points, normals = geometry.vertices, geometry.normals
     head = _region_mask(points, joints[[_JOINT["c_head"]]], 12.0)
-    hands = _region_mask(points, joints[[_JOINT["l_wrist"], _JOINT["r_wrist"]]] , 12.0)
-    identity_masks = torch.cat((torch.ones(20, V, dtype=torch.float64), head.expand(20, V), hands.expand(cfg.num_identity - 40, V)))
+    hands = _region_mask(points, joints[[_JOINT["l_wrist"], _JOINT["r_wrist"]]], 12.0)
+    # MHR's identity space: 20 body, 20 head and 5 hand components.
+    identity_masks = torch.cat((torch.ones(20, V).double(), head.expand(20, V), hands.expand(5, V)))
     identity = 0.5 * _smooth_fields(points, cfg.num_identity, generator) * identity_masks
     expression = 0.3 * _smooth_fields(points, cfg.num_expr, generator) * head
 
@@ -642,7 +664,8 @@ def synthetic_rig(cfg: MHRConfig, seed: int = 0) -> MHRRig:
         cols.append((block[valid, None] * 6 + torch.arange(6)).reshape(-1))
     sparse_indices = torch.stack((torch.cat(rows), torch.cat(cols)))
     sparse_weights = 0.5 * torch.randn(sparse_indices.shape[1], generator=generator)
-    locality = torch.exp(-((torch.cdist(points.float(), joints[blocks + _NUM_GLOBAL_JOINTS].float()) / 10.0) ** 2))  # (V, H)
+    hidden_joints = joints[blocks + _NUM_GLOBAL_JOINTS].float()
+    locality = torch.exp(-((torch.cdist(points.float(), hidden_joints) / 10.0) ** 2))  # (V, H)
     out_weight = torch.randn(V, 3, H, generator=generator).mul_(0.1 * locality[:, None]).view(V * 3, H)
 
     rig = MHRRig(
@@ -668,7 +691,7 @@ def synthetic_rig(cfg: MHRConfig, seed: int = 0) -> MHRRig:
 
 
 def synthetic_keypoint_mapping(cfg: MHRConfig, seed: int = 0) -> torch.Tensor:
-    """(num_regressed_keypoints, V + J) rows of sparse convex weights over [rest vertices; joints] of the synthetic rig.
+    """(num_regressed_keypoints, V + J) sparse convex weights over [vertices; joints] of the synthetic rig.
 
     The first 70 rows put the MHR70 keypoints on anatomically matching joints or nearby surface vertices;
     the remaining rows are seeded random 4-vertex combinations on the head (face keypoints upstream).
@@ -684,7 +707,8 @@ def synthetic_keypoint_mapping(cfg: MHRConfig, seed: int = 0) -> torch.Tensor:
         distance, nearest = (geometry.vertices - target).norm(dim=-1).topk(4, largest=False)
         weight = 1.0 / (distance + 1.0)
         mapping[keypoint, nearest] = (weight / weight.sum()).float()
-    face = (geometry.vertices - geometry.joints[_JOINT["c_head"]]).norm(dim=-1).topk(min(64, V), largest=False).indices
+    head_distance = (geometry.vertices - geometry.joints[_JOINT["c_head"]]).norm(dim=-1)
+    face = head_distance.topk(min(64, V), largest=False).indices
     rest = cfg.num_regressed_keypoints - cfg.num_keypoints
     picks = face[torch.rand(rest, len(face), generator=generator).argsort(dim=1)[:, :4]]
     weight = torch.rand(rest, 4, generator=generator) + 0.1
