@@ -69,13 +69,10 @@ class BodyPipeline:
             loaded = load_checkpoint(Path(settings.weights_dir))
             self.cfg: ModelConfig = loaded.cfg
             head, backbone_state = loaded.head, loaded.backbone_state
-            self.weights_status = f"weights: {loaded.source}"
         else:
             self.cfg = get_config(settings.model_config)
             head, backbone_state = random_head(self.cfg, seed=settings.seed), None
-            self.weights_status = (
-                f"RANDOM weights (seed {settings.seed}) + SYNTHETIC rig - not a real body estimate"
-            )
+        self.weights_status: str = head.weights_description
         self.backend = create_backend(
             settings.backend,
             self.cfg,
@@ -125,6 +122,29 @@ class BodyPipeline:
         """A result with zero persons and the right trailing shapes (so consumers can clear displays)."""
         outputs = {k: np.zeros((0, *shape), np.float32) for k, shape in output_shapes(self.cfg).items()}
         return BodyResult(outputs, self.faces, {k: 0.0 for k in STAGES})
+
+
+def model_info(config_name: str) -> dict[str, int | str]:
+    """Sizes of the named model, counted on the meta device (no weights allocated)."""
+    from torch import nn
+
+    from .backbone import build_backbone, count_params
+    from .model import SAM3DBodyHead
+
+    cfg = get_config(config_name)
+    with torch.device("meta"):
+        head = SAM3DBodyHead(cfg, nn.Identity())  # the MHR rig holds buffers only, no learnables
+    return {
+        "config": cfg.name,
+        "backbone": cfg.backbone.timm_name,
+        "backbone_params": count_params(build_backbone(cfg, "meta")),
+        "decoder_params": count_params(head),
+        "mhr_vertices": cfg.mhr.num_vertices,
+        "mhr_faces": cfg.mhr.num_faces,
+        "mhr_joints": cfg.mhr.num_joints,
+        "keypoints": cfg.mhr.num_keypoints,
+        "image_size": cfg.backbone.img_size,
+    }
 
 
 def output_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
