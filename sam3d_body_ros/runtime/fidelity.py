@@ -51,10 +51,10 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     cols = [
         ("rel_l2", "rel L2 %", lambda v: f"{100 * v:.3f}"),
         ("sqnr_db", "SQNR dB", lambda v: f"{v:.1f}"),
-        ("token_cos_mean", "cos mean", lambda v: f"{v:.5f}"),
-        ("token_cos_min", "cos min", lambda v: f"{v:.5f}"),
-        ("vertex_mean_mm", "vtx mean mm", lambda v: f"{v:.2f}"),
-        ("vertex_max_mm", "vtx max mm", lambda v: f"{v:.2f}"),
+        ("token_cos_mean", "cos mean", lambda v: f"{v:.6f}"),
+        ("token_cos_min", "cos min", lambda v: f"{v:.6f}"),
+        ("vertex_mean_mm", "vtx mean mm", lambda v: f"{v:.3g}"),
+        ("vertex_max_mm", "vtx max mm", lambda v: f"{v:.3g}"),
     ]
     width = max([len("compare")] + [len(k) for k in rows]) + 2
     lines = ["compare".ljust(width) + "".join(h.rjust(12) for _, h, _ in cols)]

@@ -1,0 +1,87 @@
+"""CLI: export-onnx, export-pt2 and quantize on the tiny model, then `infer --backend onnxruntime` with the result."""
+import contextlib
+import io
+import json
+import re
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from matplotlib import cbook
+from skimage import data
+
+from sam3d_body_ros.cli import main
+from sam3d_body_ros.core.config import TINY
+
+
+@pytest.fixture(scope="module")
+def export_run(tmp_path_factory):
+    out, printed = tmp_path_factory.mktemp("cli") / "bb.onnx", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["export-onnx", "--config", "tiny", "--seed", "2", "--layer-scale", "1.0", "--out", str(out)])
+    return code, out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(export_run):
+    assert export_run[0] == 0
+    return export_run[1]
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    cv2.imwrite(str(d / "astronaut.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(d / "camera.png"), data.camera())
+    shutil.copy(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), d / "grace_hopper.jpg")
+    (d / "boxes.json").write_text(
+        json.dumps({"astronaut.png": [[100, 0, 460, 512]], "camera.png": [[150, 20, 420, 500]], "grace_hopper.jpg": [[60, 30, 460, 600]]})
+    )
+    return d
+
+
+def test_export_onnx_prints_verification(export_run):
+    code, path, out = export_run
+    assert code == 0 and path.is_file()
+    err = float(re.search(r"rel\. L2 error ([0-9.e+-]+)", out).group(1))
+    assert err < 1e-4 and "RANDOM weights (seed 2, layer-scale 1.0)" in out
+
+
+def test_export_pt2(tmp_path, capsys):
+    assert main(["export-pt2", "--config", "tiny", "--out", str(tmp_path / "bb.pt2")]) == 0
+    out = capsys.readouterr().out
+    assert float(re.search(r"rel\. L2 error ([0-9.e+-]+)", out).group(1)) < 1e-6
+
+
+def test_quantize_writes_qdq_onnx_and_report(exported, photo_dir, tmp_path, capsys):
+    out, report = tmp_path / "int8.onnx", tmp_path / "report.json"
+    args = ["quantize", "--config", "tiny", "--onnx", str(exported), "--images", str(photo_dir)]
+    args += ["--boxes", str(photo_dir / "boxes.json"), "--augment", "2", "--eval-count", "2", "--out", str(out), "--report", str(report)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "int8 vs fp32 (onnxruntime)" in printed and "rel L2 %" in printed
+    r = json.loads(report.read_text())
+    assert r["calibration"] == {"images": 3, "crops": 9, "augmented_views_per_image": 2, "method": "minmax"}
+    assert r["placement"]["problems"] == [] and r["placement"]["ops_with_dq_inputs"] == {"MatMul": 10}
+    m = r["int8_vs_fp32"]
+    assert 1e-5 < m["rel_l2"] < 0.01 and m["token_cos_min"] > 0.999 and len(m["rel_l2_per_image"]) == 2
+    # whole pipeline (decoder + MHR) run with either backbone: vertex deviation in mm
+    assert 0 < m["vertex_mean_mm"] <= m["vertex_max_mm"] < 10 and "RANDOM" in m["mesh"]
+
+
+def test_quantize_refuses_a_mismatching_onnx(exported, photo_dir, tmp_path, capsys):
+    args = ["quantize", "--config", "full", "--onnx", str(exported), "--images", str(photo_dir), "--out", str(tmp_path / "q.onnx")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sam3d-body: error: backbone artifact") and "axis 1 is 128, not 1280" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_infer_with_onnxruntime_backend(exported, photo_dir, tmp_path, capsys):
+    out = tmp_path / "r.npz"
+    args = ["infer", str(photo_dir / "camera.png"), "--box", "150", "20", "420", "500", "--config", "tiny"]
+    args += ["--backend", "onnxruntime", "--backbone-file", str(exported), "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    res = np.load(out)
+    assert res["pred_vertices"].shape == (1, TINY.mhr.num_vertices, 3) and np.isfinite(res["pred_vertices"]).all()
