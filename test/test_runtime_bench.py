@@ -1,0 +1,28 @@
+"""bench/fidelity_full.py end to end at tiny size on the CPU: photos, export, quantize, comparisons, JSON report."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_fidelity_script_at_tiny_size(tmp_path):
+    out = tmp_path / "fidelity.json"
+    cmd = [sys.executable, str(REPO / "bench" / "fidelity_full.py"), "--config", "tiny", "--layer-scale", "1.0"]
+    cmd += ["--views", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert rep["model_config"] == "tiny" and rep["calibration"]["crops"] == 6 and rep["eval_crops"] == 3
+    assert rep["calibration"]["photos"] == ["astronaut.png", "camera.png", "grace_hopper.jpg"]
+    assert rep["placement"]["problems"] == [] and rep["placement"]["ops_with_dq_inputs"] == {"MatMul": 10}
+    cmp = rep["comparisons"]
+    assert cmp["onnx fp32 (ORT CPU) vs torch fp32 (CPU)"]["rel_l2"] < 1e-4
+    assert 1e-5 < cmp["onnx int8 (ORT CPU) vs torch fp32 (CPU)"]["rel_l2"] < 0.01
+    mesh = cmp["onnx int8 vs onnx fp32 (ORT CPU)"]
+    assert 0 < mesh["vertex_mean_mm"] <= mesh["vertex_max_mm"]
+    assert set(rep["stages_s"]) >= {"export onnx", "quantize", "onnxruntime int8"}
+    # a second run with the same settings reuses the exported and quantized models
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "export onnx" not in json.loads(out.read_text())["stages_s"]
