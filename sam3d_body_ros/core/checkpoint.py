@@ -179,6 +179,13 @@ def load_checkpoint(ckpt_dir: Path, device: str | torch.device = "cpu", trust_pi
         rig = load_mhr_asset(asset_path)
     except MHRAssetError as exc:
         raise WeightsError(f"{exc}: use the assets/mhr_model.pt of the same release") from exc
+    fixed = MHRConfig()
+    layout = {"identity": (rig.num_identity, fixed.num_identity), "expression": (rig.num_expr, fixed.num_expr),
+              "model parameter": (rig.num_model_params, fixed.num_model_params)}
+    for what, (got, want) in layout.items():
+        if got != want:
+            raise WeightsError(f"MHR asset has {got} {what} values, SAM 3D Body needs {want} ({asset_path}): "
+                               f"use the assets/mhr_model.pt of the SAM 3D Body release")
     cfg = config_from_yaml(_find_config(ckpt_dir), rig_config(rig))
     state = _read_state_dict(weights_path, trust_pickle)
 
