@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 # Each module defines register(subparsers) adding parsers with set_defaults(func=callable(args) -> int).
-COMMAND_MODULES: list[str] = ["sam3d_body_ros.runtime.commands"]
+COMMAND_MODULES: list[str] = ["sam3d_body_ros.runtime.commands", "sam3d_body_ros.ros.demo"]
 
 
 class CliError(Exception):

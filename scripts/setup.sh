@@ -16,6 +16,6 @@ echo "[setup] installing sam3d_body_ros and its pinned dependencies (first run: 
 if .venv/bin/python -c "import vision_msgs.msg" 2>/dev/null; then
   echo "[setup] vision_msgs present"
 else
-  bash scripts/build_vision_msgs.sh
+  .venv/bin/python scripts/build_vision_msgs.py
 fi
 echo "[setup] done"

@@ -1,0 +1,73 @@
+"""`sam3d-body demo`: node + sample camera + HOG boxes -> PNG of the received markers over the photo."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import yaml
+
+from ros_fixtures import ros_env
+from sam3d_body_ros.ros.demo import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+BANNER_LINE, BANNER_PAD = 24, 10  # core.render.compose
+
+
+def run_demo(*args: str) -> tuple[str, np.ndarray, Path]:
+    out = Path(args[args.index("--out") + 1])
+    res = subprocess.run([sys.executable, "-m", "sam3d_body_ros.cli", "demo", *args], cwd=REPO, text=True,
+                         capture_output=True, timeout=150, env={**os.environ, **ros_env(__name__)})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert f"wrote {out.resolve()}" in res.stdout
+    png = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    return res.stdout, png, out
+
+
+def left_panel(png: np.ndarray, lines: int = 4, size: int = 512) -> np.ndarray:
+    top = BANNER_LINE * lines + BANNER_PAD
+    return png[top:top + size, :size].astype(int)
+
+
+def test_demo_default_camera_photo_with_hog_boxes(tmp_path):
+    stdout, png, _ = run_demo("--out", str(tmp_path / "demo.png"))
+    assert "boxes from OpenCV HOG people detector" in stdout
+    m = re.search(r"person 0: box \[(\d+), (\d+), (\d+), (\d+)\], projected mesh \[.*\], IoU ([\d.]+)", stdout)
+    assert m, stdout
+    x1, y1, x2, y2 = map(int, m.groups()[:4])
+    assert float(m.group(5)) > 0.3  # the mesh drawn by the node's markers lies on the detected person
+    assert png.shape == (4 * BANNER_LINE + BANNER_PAD + 512, 1024, 3)
+    photo = np.repeat(skimage.data.camera()[:, :, None], 3, axis=2).astype(int)
+    changed = np.abs(left_panel(png) - photo).sum(axis=2) > 30
+    assert changed[y1 + 5:y2 - 5, x1 + 5:x2 - 5].mean() > 0.3  # mesh and skeleton inside the person box
+    assert changed[:, min(x2 + 80, 500):].mean() < 0.02  # the photo is untouched far right of the box
+
+
+def test_demo_with_image_boxes_and_params_file(tmp_path):
+    cv2.imwrite(str(tmp_path / "astronaut.png"), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    params = yaml.safe_load((REPO / "config" / "mesh.yaml").read_text())
+    params["/**"]["ros__parameters"].update(model_config="full", publish_joints=False)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    stdout, png, _ = run_demo("--image", str(tmp_path / "astronaut.png"), "--box", "120", "20", "440", "512",
+                              "--box", "170", "20", "330", "210", "--params-file", str(tmp_path / "p.yaml"),
+                              "--config", "tiny", "--out", str(tmp_path / "sub" / "astro.png"))
+    assert "person boxes from --box" in stdout and "received 2 mesh(es) (1280 triangles each)" in stdout
+    assert "person 1:" in stdout and png.shape[1] == 1024
+
+
+def test_load_params_casts_and_overrides(tmp_path):
+    (tmp_path / "p.yaml").write_text("/**:\n  ros__parameters:\n    score_threshold: 1\n    image_qos:\n"
+                                     "      depth: 3\n    backend: onnxruntime\n")
+    p = load_params(tmp_path / "p.yaml", {"backend": "torch", "device": None})
+    assert p == {"score_threshold": 1.0, "image_qos.depth": 3, "backend": "torch"}
+    assert isinstance(p["score_threshold"], float)
+    (tmp_path / "bad.yaml").write_text("/**:\n  ros__parameters:\n    no_such_param: 1\n")
+    with pytest.raises(ValueError, match="no_such_param"):
+        load_params(tmp_path / "bad.yaml", {})
+    every = load_params(REPO / "config" / "mesh.yaml", {})
+    from sam3d_body_ros.ros.node import PARAMETERS
+    assert set(every) == set(PARAMETERS)  # config/mesh.yaml sets (and documents) every node parameter
