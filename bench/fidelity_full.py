@@ -21,10 +21,10 @@ Quick CPU check at tiny size:
     .venv/bin/python bench/fidelity_full.py --config tiny --out /tmp/fidelity_tiny.json
 
 The device has Python 3.12, torch 2.11 (+cu130), onnx 1.23.1, onnxruntime 1.30.0. Wheels to carry and
-`pip install --no-deps` there (pure Python unless noted): timm==1.0.31, onnxscript==0.7.2, onnx-ir==1.1.0,
-ml_dtypes==0.6.0 (cp312 manylinux, binary), tqdm==4.70.1, roma==1.8.0, PyYAML==6.0.3 (cp312, binary),
-safetensors (timm), huggingface_hub (timm), opencv-python-headless==4.13.* (cp37-abi3, ~50 MB) if `import cv2`
-fails, and torchvision==0.26.* (matching torch 2.11) if `import torchvision` fails (timm imports it).
+`pip install --no-deps` there: timm==1.0.31, onnxscript==0.7.2, onnx-ir==1.1.0 and roma==1.8.0 (pure Python),
+ml_dtypes==0.6.0 and PyYAML==6.0.3 (cp312 manylinux binaries), tqdm==4.70.1; only if their import fails:
+packaging, typing_extensions, opencv-python-headless==4.13.0.92 (abi3, ~50 MB) and torchvision matching torch 2.11
+(0.26.x; timm imports it). Not needed: huggingface_hub, safetensors, scikit-image, matplotlib (photos are carried).
 The script checks these imports first and names what is missing.
 """
 from __future__ import annotations

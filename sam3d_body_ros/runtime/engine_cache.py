@@ -223,8 +223,9 @@ class EngineCache:
         os.replace(tmp, engine.with_suffix(".json"))
         return engine
 
-    def get_or_build(self, key: EngineKey, build: Callable[[], bytes], log: TextIO = sys.stderr) -> tuple[Path, bool]:
+    def get_or_build(self, key: EngineKey, build: Callable[[], bytes], log: TextIO | None = None) -> tuple[Path, bool]:
         """Return (engine path, whether it was built now); builds and stores when no valid engine is cached."""
+        log = log or sys.stderr
         cached = self.lookup(key)
         if cached is not None:
             print(f"engine cache hit: {cached}", file=log)
@@ -260,8 +261,8 @@ def check_engine_record(engine_path: str | Path, trt_version: str, gpu_name: str
 class ProgressPrinter:
     """Prints TensorRT build phases as indented lines (`phase: step/total`), throttled to changes of 10 %."""
 
-    def __init__(self, out: TextIO = sys.stderr) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stderr
         self.phases: dict[str, tuple[int, int, int]] = {}  # name -> (depth, steps, last printed percent)
 
     def phase_start(self, name: str, parent: str | None, steps: int) -> None:
