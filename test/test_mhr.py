@@ -325,6 +325,13 @@ def test_real_lod1_topology_matches_full_config() -> None:
     stats = closed_surface_stats(vertices, faces)
     assert stats["euler"] == 2 and stats["two_faces_per_edge"] and stats["volume"] > 0
     assert 170 < vertices[:, 1].max() - vertices[:, 1].min() < 175  # cm, Y up
+    # The real SAM 3D Body outputs use this vertex order: their meshes are smooth and outward with these faces.
+    for dump in sorted(FIXTURES.glob("img_subj*.npz")):
+        posed = np.load(dump)["pred_vertices"] * 100.0  # m -> cm (y and z flipped: a rotation, volume kept)
+        assert posed.shape == vertices.shape
+        edges = np.linalg.norm(posed[faces[:, [1, 2, 0]]] - posed[faces], axis=-1)
+        assert edges.max() < 10.0 and np.median(edges) < 1.0
+        assert closed_surface_stats(posed, faces)["volume"] > 0
 
 
 def test_synthetic_full_rig_shares_real_topology_and_stature(full_rig: tuple[MHRRig, float]) -> None:
