@@ -140,7 +140,7 @@ def _record_line(arcname: str, data: bytes) -> list[str]:
 def pack_wheel(stage: Path, out_dir: Path, version: str) -> Path:
     """Pack the staging prefix as a wheel: the Python package at the root, lib/ and share/ as data
     installed into the venv prefix (where the other ros-* wheels put theirs)."""
-    site = next(stage.glob("lib/python3*/site-packages"), None) or next(stage.glob("local/lib/python3*/dist-packages"))
+    site = next(stage.glob("lib/python3*/site-packages"))
     plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
     tag = f"{PY_TAG}-{PY_TAG}-{plat}"
     name = f"{DIST}-{version}-{tag}.whl"
@@ -153,7 +153,8 @@ def pack_wheel(stage: Path, out_dir: Path, version: str) -> Path:
     for sub in ("lib", "share"):
         for path in sorted((stage / sub).rglob("*")):
             if path.is_file() and site not in path.parents:
-                files.append((f"{data_dir}/{path.relative_to(stage).as_posix()}", path.read_bytes(), path.stat().st_mode))
+                arcname = f"{data_dir}/{path.relative_to(stage).as_posix()}"
+                files.append((arcname, path.read_bytes(), path.stat().st_mode))
     files.append((f"{info}/METADATA", (f"Metadata-Version: 2.1\nName: {DIST}\nVersion: {version}\n"
                                        "Summary: vision_msgs 4.1.x interfaces built against PyPI ROS 2 wheels\n"
                                        "License: Apache-2.0\n").encode(), 0o644))
@@ -192,7 +193,8 @@ def verify(prefix: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Make vision_msgs importable in the venv; return 0 on success."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prefix", type=Path, default=Path(sys.prefix), help="venv to install into (default: this interpreter's)")
+    ap.add_argument("--prefix", type=Path, default=Path(sys.prefix),
+                    help="venv to install into (default: this interpreter's)")
     ap.add_argument("--force", action="store_true", help="rebuild even if a cached wheel exists")
     ap.add_argument("--reinstall", action="store_true", help="reinstall from the cached wheel even if installed")
     ap.add_argument("--no-verify", action="store_true", help="skip the rclpy type-hash check")

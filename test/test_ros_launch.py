@@ -58,7 +58,8 @@ def test_node_package_executable_and_name():
 
 def test_remaps_match_the_node_subscriptions():
     remaps = kwarg(mesh_node(), "remappings")
-    pairs = [(ast.literal_eval(t.elts[0]), calls(t.elts[1], "LaunchConfiguration")[0].args[0].value) for t in remaps.elts]
+    pairs = [(ast.literal_eval(t.elts[0]), calls(t.elts[1], "LaunchConfiguration")[0].args[0].value)
+             for t in remaps.elts]
     assert {src for src, _ in pairs} == subscribed_topics() == {"image", "camera_info", "detections"}
     assert all(src == arg for src, arg in pairs)  # each remap is driven by the launch argument of that name
 

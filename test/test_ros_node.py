@@ -13,7 +13,7 @@ from ros_fixtures import BOXES, FRAME_ID, K, PHOTO, Probe, Spinner, camera_info,
     resend_until, wait_for
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.core.keypoints import MHR70_NAMES, MHR_JOINT_NAMES, SKELETON_EDGES
-from sam3d_body_ros.ros.conversions import array_to_image, boxes_to_detections, stamp_ns
+from sam3d_body_ros.ros.conversions import array_to_image, stamp_ns
 from sam3d_body_ros.ros.node import FLIP, MeshNode
 
 IDS, SCORES = ["alice", "bob"], np.array([0.93, 0.71])

@@ -13,7 +13,7 @@ import yaml
 
 from ros_fixtures import FRAME_ID, PHOTO, Probe, Spinner, camera_info, header, init_context, resend_until, \
     ros_env, wait_for
-from sam3d_body_ros.ros.conversions import array_to_image, stamp_ns
+from sam3d_body_ros.ros.conversions import array_to_image, boxes_to_detections, stamp_ns
 
 REPO = Path(__file__).resolve().parents[1]
 IDS, SCORES = ["p7", "p9"], np.array([0.8, 0.6])
@@ -24,7 +24,8 @@ def remote(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("node")
     params = yaml.safe_load((REPO / "config" / "mesh.yaml").read_text())
     p = params["/**"]["ros__parameters"]
-    p.update(model_config="tiny", weights_dir=str(tmp / "no_such_weights"), diagnostics_period=0.3)
+    p.update(model_config="tiny", weights_dir=str(tmp / "no_such_weights"), diagnostics_period=0.3,
+             publish_keypoints=False, class_ids="person", score_threshold=0.5)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     log = open(tmp / "node.log", "w")
     env = {**os.environ, **ros_env(__name__)}
@@ -45,7 +46,8 @@ def remote(tmp_path_factory):
 
 def test_separate_process_answers_and_reports_missing_weights(remote):
     proc, probe, stamps, log = remote
-    got = resend_until(probe, lambda: probe.send_frame(next(stamps), ids=IDS, scores=SCORES), timeout=60.0)
+    names = ("markers", "joints", "bodies")
+    got = resend_until(probe, lambda: probe.send_frame(next(stamps), ids=IDS, scores=SCORES), 60.0, names)
     assert got is not None, "no answer; node log:\n" + log.read_text()[-3000:]
     h, out = got
     mesh = [m for m in out["markers"].markers if m.ns == "mesh" and m.action == m.ADD]
@@ -67,5 +69,27 @@ def test_separate_process_answers_and_reports_missing_weights(remote):
     img.encoding = "32FC1"
     probe.send(bad, img, np.array([[120.0, 20.0, 440.0, 512.0]]), camera_info(bad, 512, 512))
     assert wait_for(lambda: "warning.image" in probe.diagnostics(), 5.0)
-    assert resend_until(probe, lambda: probe.send_frame(next(stamps)), timeout=20.0) is not None
+    assert resend_until(probe, lambda: probe.send_frame(next(stamps)), 20.0, names) is not None
     assert proc.poll() is None
+
+
+def test_switches_and_filters_from_the_params_file(remote):
+    proc, probe, stamps, log = remote
+    assert probe.count_publishers("/sam3d_body/keypoints") == 0  # publish_keypoints: false
+    assert probe.count_publishers("/sam3d_body/joints") == 1
+    # score_threshold 0.5 drops the 0.3 box; class_ids "person" drops the "dog" box.
+    boxes = np.array([[120.0, 20.0, 440.0, 512.0], [170.0, 20.0, 330.0, 210.0], [10.0, 10.0, 100.0, 200.0]])
+    got = resend_until(probe, lambda: _mixed(probe, next(stamps), boxes), 20.0, ("bodies",))
+    assert got is not None
+    assert [b.id for b in got[1]["bodies"].detections] == ["a"]
+    assert wait_for(lambda: int(probe.diagnostics().get("detections_filtered", 0)) >= 2, 5.0)
+
+
+def _mixed(probe, sec, boxes):
+    """Frame whose detections are: person 0.9, person 0.3, dog 0.8."""
+    h = header(sec)
+    dets = boxes_to_detections(boxes, h, ids=["a", "b", "c"], scores=np.array([0.9, 0.3, 0.8]))
+    dets.detections[2].results[0].hypothesis.class_id = "dog"
+    probe.send(h, array_to_image(PHOTO, "rgb8"), None, camera_info(h, 512, 512))
+    probe.pub_dets.publish(dets)
+    return h

@@ -2,7 +2,6 @@
 import itertools
 import time
 
-import numpy as np
 import rclpy
 from rclpy.parameter import Parameter
 

@@ -82,3 +82,14 @@ def test_invalid_settings():
         make(slop=-1.0)
     with pytest.raises(ValueError):
         make(queue_size=0)
+
+
+def test_frames_come_out_in_stamp_order_even_when_inputs_arrive_late():
+    s = make(optional_wait=0.0)
+    s.add("image", 200 * MS, "new", 0.0)
+    assert [f.msgs["image"] for f in s.add("detections", 200 * MS, "d2", 0.0)] == ["new"]
+    s.add("image", 100 * MS, "late", 0.0)  # older than a frame already released: never released
+    assert s.add("detections", 100 * MS, "d1", 0.0) == []
+    s.add("image", 300 * MS, "newer", 0.0)
+    assert [f.msgs["image"] for f in s.add("detections", 300 * MS, "d3", 0.0)] == ["newer"]
+    assert s.stats.unmatched["image"] == 1 and s.stats.unmatched["detections"] == 1

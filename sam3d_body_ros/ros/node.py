@@ -217,6 +217,8 @@ class MeshNode(Node):
                 return
         dets = conversions.detections_to_boxes(frame.msgs["detections"], self.class_ids,
                                                self.params["score_threshold"], self.params["max_persons"])
+        if dets.rejected:
+            self.health.count("detections_filtered", dets.rejected)  # by class_ids, score_threshold, max_persons
         from ..core.crop import validate_boxes
 
         valid, reasons = validate_boxes(dets.boxes, w, h)

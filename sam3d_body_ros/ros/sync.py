@@ -5,7 +5,8 @@ first required key (the image). A frame is ready when every required key has a m
 same stamp (or, with slop > 0, the nearest one within slop). Optional keys (camera_info) join when
 they match; a ready frame missing an optional key is held for `optional_wait` seconds so a late
 camera_info can still join, then released without it. Releasing a frame discards, per key, the
-messages older than the one it used; those, and messages pushed out of a full queue, are counted as unmatched per key.
+messages older than the one it used; those, and messages pushed out of a full queue, are counted as
+unmatched per key.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class StampSynchronizer:
         self._queues: dict[str, deque[tuple[int, Any]]] = {k: deque() for k in self.required + self.optional}
         self._queue_size = queue_size
         self._pending: _Pending | None = None
+        self._last_stamp = -1  # stamp of the last released frame: released stamps only increase
         self._lock = threading.Lock()
 
     def add(self, key: str, stamp_ns: int, msg: Any, now: float) -> list[Frame]:
@@ -106,6 +108,8 @@ class StampSynchronizer:
         out: list[Frame] = []
         newest = None
         for stamp, msg in reversed(self._queues[self.required[0]]):
+            if stamp <= self._last_stamp or (self._pending and stamp < self._pending.frame.stamp_ns):
+                break
             newest = self._build(stamp, msg)
             if newest is not None:
                 break
@@ -129,6 +133,7 @@ class StampSynchronizer:
 
     def _release(self, frame: Frame, used: dict[str, int]) -> None:
         """Drop the used messages and everything older than them (or than the frame, for unused keys)."""
+        self._last_stamp = frame.stamp_ns
         for key, q in self._queues.items():
             limit = used.get(key, frame.stamp_ns - self.slop_ns)
             keep: deque[tuple[int, Any]] = deque()
