@@ -103,7 +103,7 @@ def mark_done(work: Path, name: str, settings: dict) -> None:
     (work / f"{name}.stamp.json").write_text(json.dumps(settings))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, help="report JSON")
     ap.add_argument("--config", default="full", choices=["full", "tiny"])
@@ -115,7 +115,7 @@ def main() -> int:
     ap.add_argument("--work-dir", type=Path, default=REPO / "build" / "fidelity_full")
     ap.add_argument("--no-mesh", action="store_true", help="skip the decoder + MHR vertex deviation")
     ap.add_argument("--write-photos", type=Path, help="only write the photos + boxes.json to this folder and exit")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.write_photos:
         write_photos(args.write_photos)
         return 0
