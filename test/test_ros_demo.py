@@ -18,10 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 BANNER_LINE, BANNER_PAD = 24, 10  # core.render.compose
 
 
+def sam3d_body(*args: str) -> subprocess.CompletedProcess:
+    """Run the `sam3d-body` CLI (as its console script does) in a subprocess on this module's ROS domain."""
+    code = "import sys; from sam3d_body_ros.cli import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, text=True, capture_output=True,
+                          timeout=150, env={**os.environ, **ros_env(__name__)})
+
+
 def run_demo(*args: str) -> tuple[str, np.ndarray, Path]:
     out = Path(args[args.index("--out") + 1])
-    res = subprocess.run([sys.executable, "-m", "sam3d_body_ros.cli", "demo", *args], cwd=REPO, text=True,
-                         capture_output=True, timeout=150, env={**os.environ, **ros_env(__name__)})
+    res = sam3d_body("demo", *args)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert f"wrote {out.resolve()}" in res.stdout
     png = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
@@ -57,6 +63,13 @@ def test_demo_with_image_boxes_and_params_file(tmp_path):
                               "--config", "tiny", "--out", str(tmp_path / "sub" / "astro.png"))
     assert "person boxes from --box" in stdout and "received 2 mesh(es) (1280 triangles each)" in stdout
     assert "person 1:" in stdout and png.shape[1] == 1024
+
+
+def test_demo_rejects_a_box_outside_the_image(tmp_path):
+    res = sam3d_body("demo", "--box", "600", "600", "700", "700", "--out", str(tmp_path / "x.png"))
+    assert res.returncode == 2 and not (tmp_path / "x.png").exists()
+    assert res.stderr.strip().startswith("sam3d-body: error: bad --box: box 0") and "outside" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_load_params_casts_and_overrides(tmp_path):

@@ -180,7 +180,12 @@ def run_demo(args: argparse.Namespace) -> int:
     h, w = photo.shape[:2]
     rgb = photo if photo.ndim == 3 else np.repeat(photo[:, :, None], 3, axis=2)
     if args.box:
+        from ..core.crop import validate_boxes
+
         boxes, how = np.array(args.box, dtype=np.float64), "--box"
+        valid, reasons = validate_boxes(boxes, w, h)
+        if not valid.all():
+            raise fail(f"bad --box: {'; '.join(reasons)}", args.image, "give X1 Y1 X2 Y2 in px inside the image")
     else:
         gray = photo if photo.ndim == 2 else rgb[:, :, 0] // 4 + rgb[:, :, 1] // 2 + rgb[:, :, 2] // 4
         boxes, weights = hog_people(gray)
