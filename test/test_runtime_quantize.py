@@ -166,3 +166,21 @@ def test_load_samples_with_boxes_and_augmented_views(tmp_path):
 def _write(path, obj):
     path.write_text(json.dumps(obj))
     return path
+
+
+def test_large_model_layout_with_external_data(monkeypatch, tmp_path, photos):
+    """The > 2 GB path of the full model, forced at tiny size: weights in .onnx.data for export and quantization."""
+    from sam3d_body_ros.runtime import onnx_export, quantize
+
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT_BYTES", 1_000_000)
+    monkeypatch.setattr(quantize, "PROTOBUF_LIMIT_BYTES", 1_000_000)
+    backbone = export_backbone(TINY, seed=4, layer_scale=1.0)
+    fp32 = export_onnx(backbone, tmp_path / "a" / "fp32.onnx")
+    assert (tmp_path / "a" / "fp32.onnx.data").stat().st_size > 2_000_000 > fp32.stat().st_size
+    crops = samples_to_crops(photos)
+    int8 = quantize_onnx(fp32, tmp_path / "b" / "int8.onnx", crops, progress=False)
+    assert [p.name for p in sorted((tmp_path / "b").iterdir())] == ["int8.onnx", "int8.onnx.data"]
+    assert qdq_placement(int8)["problems"] == []
+    with torch.no_grad():
+        ref = backbone(crops)
+    assert feature_fidelity(create_backend("onnxruntime", TINY, backbone_file=int8)(crops), ref)["rel_l2"] < 0.01

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.export.passes import move_to_device_pass
 
 from ..core.backbone import DINOv3Backbone
 from ..core.config import ModelConfig
@@ -49,10 +50,8 @@ class Pt2Backend:
         self.signature = check_backbone_signature(*program_signature(program), cfg, self.path)
         self.precision = "int8" if _quantized(program) else "fp32"
         self.device = device
-        if device.type != "cpu":
-            # Moves constants baked into the graph too (a plain .to() misses device-specific nodes).
-            program = torch.export.passes.move_to_device_pass(program, device)
-        self.module = program.module()
+        # Also rewrites devices baked into graph nodes (a program exported on CUDA can run on the CPU and back).
+        self.module = move_to_device_pass(program, device).module()
 
     def _run(self, crops: torch.Tensor) -> torch.Tensor:
         return self.module(crops.to(self.device, torch.float32, non_blocking=True).contiguous()).float()
