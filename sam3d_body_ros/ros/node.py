@@ -1,7 +1,7 @@
 """The `sam3d_body` node: image + camera_info + person detections -> body meshes, joints and boxes in 3D."""
 from __future__ import annotations
 
-import dataclasses
+import os
 import threading
 import time
 from typing import Any
@@ -33,7 +33,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "device": ("cpu", "torch device: cpu or cuda[:N]"),
     "weights_dir": ("", "upstream checkpoint dir (model.ckpt, model_config.yaml, assets/mhr_model.pt); empty: random"),
     "backbone_file": ("", "backbone artifact for onnxruntime/tensorrt/pt2 (.onnx, .engine, .pt2)"),
-    "engine_cache_dir": ("", "where TensorRT engines are cached (empty: the runtime's default)"),
+    "engine_cache_dir": ("", "TensorRT engine cache dir (empty: $SAM3D_BODY_ENGINE_CACHE or ~/.cache/...)"),
     "seed": (0, "seed of the random weights used without weights_dir"),
     "max_persons": (10, "at most this many persons per frame, highest scores first (0: no limit)"),
     "score_threshold": (0.0, "ignore detections whose score is below this"),
@@ -120,12 +120,13 @@ class MeshNode(Node):
         """Build BodyPipeline (imports torch here); missing/bad weights fall back to random weights, loudly."""
         from ..core.pipeline import BodyPipeline, PipelineSettings
 
-        fields = {f.name for f in dataclasses.fields(PipelineSettings)}
+        if p["engine_cache_dir"]:
+            from ..runtime.engine_cache import CACHE_ENV
+
+            os.environ[CACHE_ENV] = p["engine_cache_dir"]  # where the tensorrt backend caches built engines
         kw = dict(model_config=p["model_config"], backend=p["backend"], weights_dir=p["weights_dir"] or None,
                   backbone_file=p["backbone_file"] or None, device=p["device"], precision=p["precision"],
                   seed=p["seed"])
-        if p["engine_cache_dir"] and "engine_cache_dir" in fields:
-            kw["engine_cache_dir"] = p["engine_cache_dir"]
         try:
             self.pipeline = BodyPipeline(PipelineSettings(**kw))
             self.weights_problem = None
