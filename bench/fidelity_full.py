@@ -94,6 +94,15 @@ def stage(report: dict, name: str):
     return _Stage()
 
 
+def eager(module, crops, device, dtype):  # noqa: ANN001, ANN201
+    """Plain eager forward (no compile, no graphs, no fusions) in `dtype` on `device`; float32 CPU features."""
+    import torch
+
+    module = module.to(device=device, dtype=dtype).eval()
+    with torch.inference_mode():
+        return torch.cat([module(c.to(device, dtype)).float().cpu() for c in crops.split(1)])
+
+
 def done(work: Path, name: str, settings: dict) -> bool:
     stamp = work / f"{name}.stamp.json"
     return stamp.is_file() and json.loads(stamp.read_text()) == settings
@@ -138,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         quantize_onnx,
         samples_to_crops,
     )
-    from sam3d_body_ros.runtime.torch_backend import TorchBackend
 
     cfg = get_config(args.config)
     work = args.work_dir / cfg.name
@@ -195,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     crops = samples_to_crops(samples, cfg.backbone.img_size)
     results: dict[str, dict] = {}
     with stage(report, "torch fp32 reference"):
-        ref = TorchBackend(module, gpu, "fp32")(crops).cpu()
+        ref = eager(module, crops, gpu, torch.float32)
     if cuda:
-        for prec in ("fp16", "bf16"):
-            with stage(report, f"torch {prec}"):
-                low = TorchBackend(copy.deepcopy(module), gpu, prec)(crops).cpu()
-            results[f"torch {prec} (GPU) vs torch fp32 (GPU)"] = feature_fidelity(low, ref)
+        for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+            with stage(report, f"torch {name}"):
+                low = eager(copy.deepcopy(module), crops, gpu, dtype)
+            results[f"torch {name} (GPU) vs torch fp32 (GPU)"] = feature_fidelity(low, ref)
     ref_name = "torch fp32 (GPU)" if cuda else "torch fp32 (CPU)"
     del module
     with stage(report, "onnxruntime fp32"):
