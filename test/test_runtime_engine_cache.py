@@ -131,7 +131,6 @@ def test_key_hashes_onnx_content_including_external_data(tiny_onnx, tmp_path):
 def test_profile_shapes():
     assert profile_shapes(8, default_opt_batch(8), 512) == ((1, 3, 512, 512), (4, 3, 512, 512), (8, 3, 512, 512))
     assert profile_shapes(2, default_opt_batch(2), 512)[1] == (2, 3, 512, 512)
-    assert profile_shapes(8, 4, 512, fixed_batch=1) == ((1, 3, 512, 512),) * 3
     with pytest.raises(ValueError, match="opt batch"):
         profile_shapes(4, 6, 512)
 

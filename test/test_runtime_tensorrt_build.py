@@ -4,6 +4,7 @@ monitor, and the engine cache around the build."""
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from sam3d_body_ros.core.config import TINY
@@ -137,6 +138,26 @@ def test_trt11_is_strongly_typed_without_precision_flags(monkeypatch, onnx_path,
     assert built and not [c for c in calls if c[0] == "flag"]
     assert "strongly typed" in capsys.readouterr().err
     assert ("profile", "crops", (1, 3, 512, 512), (2, 3, 512, 512), (2, 3, 512, 512)) in calls
+
+
+def test_static_batch_graph_gets_no_profile(monkeypatch, tmp_path, gpu):
+    """A fixed-batch artifact (Embedl's card shows batch 1) is built without an optimisation profile."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    w = numpy_helper.from_array(np.zeros((128, 3, 16, 16), np.float32), "w")
+    conv = helper.make_node("Conv", ["input", "w"], ["output"], kernel_shape=[16, 16], strides=[16, 16])
+    graph = helper.make_graph(
+        [conv],
+        "b1",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 128, 32, 32])],
+        [w],
+    )
+    save(helper.make_model(graph), str(tmp_path / "b1.onnx"))
+    trt, calls = fake_tensorrt("10.16.1.11", with_fp16_flag=True)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    _, built = tensorrt_backend.engine_for_onnx(tmp_path / "b1.onnx", TINY, BuildSettings("fp16"), tmp_path / "c", "cuda")
+    assert built and not [c for c in calls if c[0] == "profile"] and ("flag", "FP16") in calls
 
 
 def test_old_tensorrt_is_refused(monkeypatch):

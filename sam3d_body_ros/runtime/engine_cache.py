@@ -14,7 +14,6 @@ from typing import Callable, TextIO
 from ..core.config import ModelConfig
 from ..core.errors import WeightsError
 from .artifact_check import TensorSig, check_backbone_signature, onnx_signature
-from .ort_backend import is_quantized
 
 MIN_TRT_MAJOR = 10
 TRT_PIP_VERSION = "10.16.1.11"  # the version Embedl measured its INT8 engine with
@@ -115,12 +114,9 @@ def default_opt_batch(max_batch: int) -> int:
 
 
 def profile_shapes(
-    max_batch: int, opt_batch: int, img_size: int, fixed_batch: int | None = None
+    max_batch: int, opt_batch: int, img_size: int
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(min, opt, max) input shapes of the optimisation profile: batch 1..max_batch, or the artifact's fixed batch."""
-    if fixed_batch is not None:
-        shape = (fixed_batch, 3, img_size, img_size)
-        return shape, shape, shape
+    """(min, opt, max) input shapes of the optimisation profile for a dynamic batch 1..max_batch."""
     if not 1 <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= opt batch ({opt_batch}) <= max batch ({max_batch})")
     return tuple((b, 3, img_size, img_size) for b in (1, opt_batch, max_batch))  # type: ignore[return-value]

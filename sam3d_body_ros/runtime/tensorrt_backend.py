@@ -74,10 +74,11 @@ def build_plan(onnx_path: Path, plan: IOPlan, settings: BuildSettings, timing_ca
             "convert the ONNX to fp16 first (ModelOpt AutoCast) for an fp16 engine",
             file=sys.stderr,
         )
-    lo, opt, hi = profile_shapes(settings.max_batch, settings.opt_batch, plan.img_size, plan.fixed_batch)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(plan.input_name, lo, opt, hi)
-    config.add_optimization_profile(profile)
+    if plan.fixed_batch is None:  # a static-shape graph (e.g. batch 1 only) takes no optimisation profile
+        lo, opt, hi = profile_shapes(settings.max_batch, settings.opt_batch, plan.img_size)
+        profile = builder.create_optimization_profile()
+        profile.set_shape(plan.input_name, lo, opt, hi)
+        config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     if hasattr(trt, "IProgressMonitor"):
@@ -154,7 +155,7 @@ class TensorRTBackend:
                 "with `sam3d-body build-engine`"
             )
         self.plan = plan_from_signature(*engine_signature(self.engine, trt), cfg, engine_path)
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.plan.input_name, 0)[2][0])
+        self.max_batch = self.plan.fixed_batch or int(self.engine.get_tensor_profile_shape(self.plan.input_name, 0)[2][0])
         self.context = self.engine.create_execution_context()
         self.graphs: dict[int, tuple[Any, Any, torch.Tensor, torch.Tensor]] = {}  # batch -> (graph, context, in, out)
 
