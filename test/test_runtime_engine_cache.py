@@ -5,7 +5,9 @@ import io
 import json
 import sys
 
+import cv2
 import pytest
+from skimage import data
 
 from sam3d_body_ros.cli import main
 from sam3d_body_ros.core.config import TINY
@@ -176,6 +178,12 @@ def test_missing_tensorrt_gives_install_instructions(monkeypatch, tiny_onnx, tmp
     err = capsys.readouterr().err
     assert err.startswith("sam3d-body: error: TensorRT >= 10 is needed") and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+    image = tmp_path / "camera.png"
+    cv2.imwrite(str(image), data.camera())
+    args = ["infer", str(image), "--box", "150", "20", "420", "500", "--backend", "tensorrt", "--backbone-file", str(tiny_onnx)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "pip install tensorrt-cu12==10." in err and len(err.strip().splitlines()) == 1
 
 
 def test_default_cache_dir_honours_environment(monkeypatch, tmp_path):

@@ -161,7 +161,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _build_engine(args: argparse.Namespace) -> int:
-    from .engine_cache import BuildSettings, TensorRTUnavailable, default_cache_dir, default_opt_batch, resolve_precision
+    from .engine_cache import BuildSettings, default_cache_dir, default_opt_batch, resolve_precision
     from .ort_backend import is_quantized
 
     cfg = get_config(args.config)
@@ -181,7 +181,7 @@ def _build_engine(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise fail("no CUDA device", None, "build engines on the machine (GPU) that will run them")
         path, built = engine_for_onnx(args.onnx, cfg, settings, args.cache_dir or default_cache_dir(), torch.device(args.device))
-    except (ValueError, WeightsError, TensorRTUnavailable) as e:
+    except (ValueError, WeightsError) as e:  # TensorRTUnavailable is a WeightsError
         raise fail(str(e), args.onnx) from e
     print(f"{'built' if built else 'cached'} {precision} engine: {path}")
     return 0

@@ -23,8 +23,9 @@ CACHE_ENV = "SAM3D_BODY_ENGINE_CACHE"
 CUDA_GRAPHS_ENV = "SAM3D_BODY_TRT_CUDA_GRAPHS"  # "1": replay TensorRT engines as CUDA graphs (one per batch size)
 
 
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT (>= 10, Python bindings) cannot be imported; the message says how to install it."""
+class TensorRTUnavailable(WeightsError):
+    """TensorRT (>= 10, Python bindings) cannot be imported, so engine assets cannot be used; the message says how to
+    install it. A WeightsError, so every caller that reports unusable model assets in one line handles it too."""
 
 
 def tensorrt_install_hint(reason: str) -> str:
