@@ -1,5 +1,9 @@
-"""Output messages of one frame: mesh/skeleton MarkerArray, joint/keypoint PoseArrays, Detection3DArray."""
+"""Output messages of one frame: mesh/skeleton MarkerArray (as objects or CDR bytes), joint/keypoint PoseArrays,
+Detection3DArray."""
 from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
 
 import numpy as np
 from geometry_msgs.msg import Point, Pose, PoseArray
@@ -15,55 +19,119 @@ PERSON_COLORS = [(0.31, 0.67, 1.0), (1.0, 0.55, 0.24), (0.43, 0.86, 0.43), (0.9,
 SKELETON_EDGE_ARRAY = np.array(SKELETON_EDGES, dtype=np.int64)
 
 
-def _points(xyz: np.ndarray) -> list[Point]:
-    return [Point(x=x, y=y, z=z) for x, y, z in np.asarray(xyz, dtype=np.float64).tolist()]
+@dataclass
+class MarkerSpec:
+    """What one Marker holds; encoded either as a message object or directly as CDR bytes."""
+
+    ns: str
+    id: int
+    type: int = Marker.ARROW
+    action: int = Marker.ADD
+    scale: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    color: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (P,3) float64, m
 
 
-def _color(slot: int, alpha: float) -> ColorRGBA:
-    r, g, b = PERSON_COLORS[slot % len(PERSON_COLORS)]
-    return ColorRGBA(r=r, g=g, b=b, a=alpha)
+def _color(slot: int, alpha: float) -> tuple[float, float, float, float]:
+    return (*PERSON_COLORS[slot % len(PERSON_COLORS)], alpha)
 
 
-def mesh_marker(header: Header, slot: int, vertices: np.ndarray, faces: np.ndarray, alpha: float = 0.8) -> Marker:
-    """TRIANGLE_LIST of a camera-frame mesh (m): 3 points per face, one colour per person slot."""
-    m = Marker(header=header, ns=MESH_NS, id=slot, type=Marker.TRIANGLE_LIST, action=Marker.ADD)
-    m.pose.orientation.w = 1.0
-    m.scale.x = m.scale.y = m.scale.z = 1.0
-    m.color = _color(slot, alpha)
-    m.points = _points(vertices[faces.reshape(-1)])
-    return m
-
-
-def skeleton_marker(header: Header, slot: int, keypoints: np.ndarray, width: float = 0.01) -> Marker:
-    """LINE_LIST over SKELETON_EDGES of camera-frame MHR70 keypoints (m)."""
-    m = Marker(header=header, ns=SKELETON_NS, id=slot, type=Marker.LINE_LIST, action=Marker.ADD)
-    m.pose.orientation.w = 1.0
-    m.scale.x = width
-    m.color = _color(slot, 1.0)
-    m.points = _points(keypoints[SKELETON_EDGE_ARRAY.reshape(-1)])
-    return m
-
-
-def delete_marker(header: Header, ns: str, slot: int) -> Marker:
-    """DELETE of one (ns, id) slot."""
-    return Marker(header=header, ns=ns, id=slot, action=Marker.DELETE)
-
-
-def marker_array(header: Header, vertices: np.ndarray | None, faces: np.ndarray | None, keypoints: np.ndarray,
-                 previous_slots: int, clear_all: bool = False) -> MarkerArray:
-    """Markers of N persons (slot i -> id i in ns `mesh` and `skeleton`; no mesh when `vertices` is None),
-    DELETEs for the slots [N, previous_slots) no longer used, and a leading DELETEALL if `clear_all`."""
-    out = MarkerArray()
-    if clear_all:
-        out.markers.append(Marker(header=header, action=Marker.DELETEALL))
-    n = len(keypoints)
-    for i in range(n):
+def marker_specs(vertices: np.ndarray | None, faces: np.ndarray | None, keypoints: np.ndarray,
+                 previous_slots: int, clear_all: bool = False, line_width: float = 0.01) -> list[MarkerSpec]:
+    """Markers of N persons: slot i -> id i in ns `mesh` (TRIANGLE_LIST, 3 points per face; omitted when
+    `vertices` is None) and `skeleton` (LINE_LIST over SKELETON_EDGES of the MHR70 keypoints); DELETEs for
+    the slots [N, previous_slots) no longer used; a leading DELETEALL if `clear_all`."""
+    out = [MarkerSpec("", 0, action=Marker.DELETEALL)] if clear_all else []
+    for i in range(len(keypoints)):
         if vertices is not None:
-            out.markers.append(mesh_marker(header, i, vertices[i], faces))
-        out.markers.append(skeleton_marker(header, i, keypoints[i]))
-    for i in range(n, previous_slots):
-        out.markers += [delete_marker(header, MESH_NS, i), delete_marker(header, SKELETON_NS, i)]
+            out.append(MarkerSpec(MESH_NS, i, Marker.TRIANGLE_LIST, scale=(1.0, 1.0, 1.0), color=_color(i, 0.8),
+                                  points=np.asarray(vertices[i], np.float64)[faces.reshape(-1)]))
+        out.append(MarkerSpec(SKELETON_NS, i, Marker.LINE_LIST, scale=(line_width, 0.0, 0.0), color=_color(i, 1.0),
+                              points=np.asarray(keypoints[i], np.float64)[SKELETON_EDGE_ARRAY.reshape(-1)]))
+    for i in range(len(keypoints), previous_slots):
+        out += [MarkerSpec(MESH_NS, i, action=Marker.DELETE), MarkerSpec(SKELETON_NS, i, action=Marker.DELETE)]
     return out
+
+
+def marker_array(header: Header, specs: list[MarkerSpec]) -> MarkerArray:
+    """The MarkerArray message of `specs` (Python objects: about 1.3 us per point)."""
+    out = MarkerArray()
+    for sp in specs:
+        m = Marker(header=header, ns=sp.ns, id=sp.id, type=sp.type, action=sp.action)
+        m.pose.orientation.w = 1.0
+        m.scale.x, m.scale.y, m.scale.z = sp.scale
+        m.color = ColorRGBA(r=sp.color[0], g=sp.color[1], b=sp.color[2], a=sp.color[3])
+        m.points = [Point(x=x, y=y, z=z) for x, y, z in sp.points.tolist()]
+        out.markers.append(m)
+    return out
+
+
+class _CdrWriter:
+    """Little-endian plain CDR (XCDR1, as rmw serialises ROS 2 messages); alignment relative to the body."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(b"\x00\x01\x00\x00")  # encapsulation: CDR_LE
+
+    def align(self, n: int) -> None:
+        self.buf += bytes(-(len(self.buf) - 4) % n)
+
+    def i32(self, *values: int) -> None:
+        self.align(4)
+        self.buf += struct.pack(f"<{len(values)}i", *values)
+
+    def u32(self, value: int) -> None:
+        self.align(4)
+        self.buf += struct.pack("<I", value)
+
+    def f32(self, values) -> None:
+        self.align(4)
+        self.buf += np.asarray(values, "<f4").tobytes()
+
+    def f64(self, values) -> None:
+        self.align(8)
+        self.buf += np.asarray(values, "<f8").tobytes()
+
+    def string(self, text: str) -> None:
+        data = text.encode()
+        self.u32(len(data) + 1)
+        self.buf += data + b"\x00"
+
+    def boolean(self, value: bool) -> None:
+        self.buf += b"\x01" if value else b"\x00"
+
+
+def marker_array_cdr(header: Header, specs: list[MarkerSpec]) -> bytes:
+    """The serialized visualization_msgs/MarkerArray of `specs`, written with numpy in one pass per marker
+    (for Publisher.publish(bytes)); equals serialize_message(marker_array(header, specs)) up to padding."""
+    w = _CdrWriter()
+    w.u32(len(specs))
+    for sp in specs:
+        w.i32(header.stamp.sec)
+        w.u32(header.stamp.nanosec)
+        w.string(header.frame_id)
+        w.string(sp.ns)
+        w.i32(sp.id, sp.type, sp.action)
+        w.f64((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # pose: identity
+        w.f64(sp.scale)
+        w.f32(sp.color)
+        w.i32(0, 0)  # lifetime: forever (slots are deleted explicitly)
+        w.boolean(False)  # frame_locked
+        w.u32(len(sp.points))
+        if len(sp.points):
+            w.f64(sp.points.reshape(-1))
+        w.u32(0)  # colors
+        w.string("")  # texture_resource
+        w.i32(0, 0)  # texture.header.stamp
+        w.string("")  # texture.header.frame_id
+        w.string("")  # texture.format
+        w.u32(0)  # texture.data
+        w.u32(0)  # uv_coordinates
+        w.string("")  # text
+        w.string("")  # mesh_resource
+        w.string("")  # mesh_file.filename
+        w.u32(0)  # mesh_file.data
+        w.boolean(False)  # mesh_use_embedded_materials
+    return bytes(w.buf)
 
 
 def pose_array(header: Header, positions: np.ndarray, quats_xyzw: np.ndarray | None = None) -> PoseArray:

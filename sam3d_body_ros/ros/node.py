@@ -105,6 +105,10 @@ class MeshNode(Node):
             self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.create_timer(0.02, self._poll_sync)
+        self.markers_as_cdr = cdr_matches_rmw()
+        if not self.markers_as_cdr:
+            log.warning("this rmw serialises MarkerArray differently from the built-in CDR writer; "
+                        "publishing markers as message objects (slower for large meshes)")
 
         for k, prof in qos.items():
             log.info(f"QoS {k}: {describe(prof)}")
@@ -247,8 +251,9 @@ class MeshNode(Node):
         n = len(verts)
         if self.pub_markers is not None:
             mesh = verts if self.params["publish_mesh"] else None
-            msg = markers.marker_array(header, mesh, faces, kps, self._slots, clear_all=self._first_markers)
-            self.pub_markers.publish(msg)
+            specs = markers.marker_specs(mesh, faces, kps, self._slots, clear_all=self._first_markers)
+            encode = markers.marker_array_cdr if self.markers_as_cdr else markers.marker_array
+            self.pub_markers.publish(encode(header, specs))
             self._slots, self._first_markers = n, False
         if self.pub_joints is not None:
             self.pub_joints.publish(markers.pose_array(header, o["pred_joint_coords"] + cam_t,
@@ -270,6 +275,22 @@ class MeshNode(Node):
             self._cv.notify()
         self._worker.join(timeout=10.0)
         super().destroy_node()
+
+
+def cdr_matches_rmw() -> bool:
+    """True when markers.marker_array_cdr decodes, through this rmw, to the same MarkerArray as the message path."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    rng = np.random.default_rng(0)
+    header = Header(frame_id="camera")
+    header.stamp.sec, header.stamp.nanosec = 12, 345
+    specs = markers.marker_specs(rng.random((2, 5, 3)), np.array([[0, 1, 2], [2, 3, 4]]), rng.random((2, 70, 3)),
+                                 previous_slots=3, clear_all=True)
+    try:
+        fast = deserialize_message(markers.marker_array_cdr(header, specs), MarkerArray)
+    except Exception:  # a different wire format fails to decode
+        return False
+    return fast == deserialize_message(serialize_message(markers.marker_array(header, specs)), MarkerArray)
 
 
 def joint_quaternions(global_rots: np.ndarray) -> np.ndarray:
