@@ -13,17 +13,24 @@ Needs >= 64 GiB RAM at full size (ONNX-level PTQ; the 128 GiB GPU machine is fin
 Intermediate files go to --work-dir (default build/fidelity_full, git-ignored); a rerun after a timeout reuses
 finished stages (ONNX export, quantization) when the settings match.
 
-On the GPU machine (from the repo root; photos prepared beforehand, see below):
-    python bench/fidelity_full.py --images build/photos --out $OUT/fidelity_full.json
-Prepare the photos on the dev machine (needs scikit-image + matplotlib, which the device lacks):
-    .venv/bin/python bench/fidelity_full.py --write-photos build/photos     # carry build/photos
+On the GPU machine (from the repo root), carrying build/photos and build/wheels_fidelity (+ build/wheels_cv2 only
+if `import cv2` fails there), all made on the dev machine as shown below:
+    pip install -q --no-deps --target /tmp/pydeps build/wheels_fidelity/*.whl && \
+    PYTHONPATH=/tmp/pydeps python bench/fidelity_full.py --images build/photos --out $OUT/fidelity_full.json
+Prepare on the dev machine (scikit-image + matplotlib give the photos; pip fetches the cp312 wheels):
+    .venv/bin/python bench/fidelity_full.py --write-photos build/photos
+    .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+        --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any \
+        -d build/wheels_fidelity timm==1.0.31 onnxscript==0.7.2 onnx-ir==1.1.0 roma==1.8.0 ml_dtypes==0.6.0 \
+        PyYAML==6.0.3 tqdm==4.70.1
+If the run is cut off at the time limit, run the same command again: finished stages are reused.
 Quick CPU check at tiny size:
     .venv/bin/python bench/fidelity_full.py --config tiny --out /tmp/fidelity_tiny.json
 
 The device has Python 3.12, torch 2.11 (+cu130), onnx 1.23.1, onnxruntime 1.30.0. Wheels to carry and
 `pip install --no-deps` there: timm==1.0.31, onnxscript==0.7.2, onnx-ir==1.1.0 and roma==1.8.0 (pure Python),
 ml_dtypes==0.6.0 and PyYAML==6.0.3 (cp312 manylinux binaries), tqdm==4.70.1; only if their import fails:
-packaging, typing_extensions, opencv-python-headless==4.13.0.92 (abi3, ~50 MB) and torchvision matching torch 2.11
+packaging, typing_extensions, opencv-python-headless==4.13.0.92 (abi3, 60 MB: build/wheels_cv2) and torchvision matching torch 2.11
 (0.26.x; timm imports it). Not needed: huggingface_hub, safetensors, scikit-image, matplotlib (photos are carried).
 The script checks these imports first and names what is missing.
 """
