@@ -106,7 +106,9 @@ class MeshNode(Node):
             self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.create_timer(0.02, self._poll_sync)
         self.markers_as_cdr = cdr_matches_rmw()
-        if not self.markers_as_cdr:
+        if self.markers_as_cdr:
+            log.info("markers: serialised with the numpy CDR writer (checked against this rmw)")
+        else:
             log.warning("this rmw serialises MarkerArray differently from the built-in CDR writer; "
                         "publishing markers as message objects (slower for large meshes)")
 
