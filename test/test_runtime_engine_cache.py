@@ -28,14 +28,15 @@ from sam3d_body_ros.runtime.engine_cache import (
     profile_shapes,
     resolve_precision,
 )
-from sam3d_body_ros.runtime.onnx_export import export_backbone, export_onnx
+from test_runtime_artifacts import patch_conv_onnx
 
 KEY = EngineKey("10.16.1.11", "NVIDIA H100 80GB HBM3", "9.0", "ab" * 32, "int8", 8, 4)
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    return export_onnx(export_backbone(TINY, seed=0), tmp_path_factory.mktemp("trt") / "bb.onnx")
+    """A small real graph with the tiny backbone's I/O: (N,3,512,512) 'input' -> (N,128,32,32) 'output'."""
+    return patch_conv_onnx(tmp_path_factory.mktemp("trt") / "bb.onnx")[0]
 
 
 def test_every_key_field_changes_the_key_and_the_engine_file(tmp_path):
@@ -139,7 +140,7 @@ def test_profile_shapes():
 
 def test_io_plan_from_onnx_graph(tiny_onnx):
     plan = io_plan(tiny_onnx, TINY)
-    assert (plan.input_name, plan.output_name, plan.fixed_batch) == ("crops", "features", None)
+    assert (plan.input_name, plan.output_name, plan.fixed_batch) == ("input", "output", None)
     assert plan.input_shape(3) == (3, 3, 512, 512) and plan.output_shape(3) == (3, 128, 32, 32)
 
 

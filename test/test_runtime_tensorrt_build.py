@@ -4,13 +4,12 @@ monitor, and the engine cache around the build."""
 import sys
 import types
 
-import numpy as np
 import pytest
 
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.runtime import tensorrt_backend
 from sam3d_body_ros.runtime.engine_cache import BuildSettings
-from sam3d_body_ros.runtime.onnx_export import export_backbone, export_onnx
+from test_runtime_artifacts import patch_conv_onnx
 
 
 def fake_tensorrt(version, with_fp16_flag):
@@ -99,7 +98,7 @@ def fake_tensorrt(version, with_fp16_flag):
 
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory):
-    return export_onnx(export_backbone(TINY, seed=0), tmp_path_factory.mktemp("fake") / "bb.onnx")
+    return patch_conv_onnx(tmp_path_factory.mktemp("fake") / "bb.onnx")[0]
 
 
 @pytest.fixture
@@ -114,7 +113,7 @@ def test_trt10_build_sets_profile_flags_timing_cache_and_caches(monkeypatch, onn
     path, built = tensorrt_backend.engine_for_onnx(onnx_path, TINY, settings, tmp_path, "cuda")
     assert built and path.read_bytes() == b"PLAN" and path.parent == tmp_path
     assert ("parse", str(onnx_path)) in calls
-    assert ("profile", "crops", (1, 3, 512, 512), (4, 3, 512, 512), (8, 3, 512, 512)) in calls
+    assert ("profile", "input", (1, 3, 512, 512), (4, 3, 512, 512), (8, 3, 512, 512)) in calls
     assert ("flag", "FP16") in calls and ("flag", "INT8") in calls
     assert ("workspace", 2 << 30) in calls and ("build", 3) in calls and ("monitor",) in calls
     assert ("timing_in", b"") in calls
@@ -137,23 +136,12 @@ def test_trt11_is_strongly_typed_without_precision_flags(monkeypatch, onnx_path,
     path, built = tensorrt_backend.engine_for_onnx(onnx_path, TINY, settings, tmp_path, "cuda")
     assert built and not [c for c in calls if c[0] == "flag"]
     assert "strongly typed" in capsys.readouterr().err
-    assert ("profile", "crops", (1, 3, 512, 512), (2, 3, 512, 512), (2, 3, 512, 512)) in calls
+    assert ("profile", "input", (1, 3, 512, 512), (2, 3, 512, 512), (2, 3, 512, 512)) in calls
 
 
 def test_static_batch_graph_gets_no_profile(monkeypatch, tmp_path, gpu):
     """A fixed-batch artifact (Embedl's card shows batch 1) is built without an optimisation profile."""
-    from onnx import TensorProto, helper, numpy_helper, save
-
-    w = numpy_helper.from_array(np.zeros((128, 3, 16, 16), np.float32), "w")
-    conv = helper.make_node("Conv", ["input", "w"], ["output"], kernel_shape=[16, 16], strides=[16, 16])
-    graph = helper.make_graph(
-        [conv],
-        "b1",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 128, 32, 32])],
-        [w],
-    )
-    save(helper.make_model(graph), str(tmp_path / "b1.onnx"))
+    patch_conv_onnx(tmp_path / "b1.onnx", batch=1)
     trt, calls = fake_tensorrt("10.16.1.11", with_fp16_flag=True)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     _, built = tensorrt_backend.engine_for_onnx(tmp_path / "b1.onnx", TINY, BuildSettings("fp16"), tmp_path / "c", "cuda")
