@@ -85,3 +85,25 @@ def test_infer_with_onnxruntime_backend(exported, photo_dir, tmp_path, capsys):
     assert main(args) == 0, capsys.readouterr().err
     res = np.load(out)
     assert res["pred_vertices"].shape == (1, TINY.mhr.num_vertices, 3) and np.isfinite(res["pred_vertices"]).all()
+
+
+def test_export_onnx_from_weights_dir(tmp_path, capsys):
+    """--weights: the backbone of an upstream-layout checkpoint (DINOv3 names) is what gets exported."""
+    import torch
+
+    from ckpt_factory import write_tiny_checkpoint
+    from sam3d_body_ros.core.backbone import build_backbone
+    from sam3d_body_ros.runtime.backend import create_backend
+
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", seed=5)
+    out = tmp_path / "w.onnx"
+    assert main(["export-onnx", "--weights", str(ckpt.path), "--out", str(out)]) == 0
+    assert "weights: " in capsys.readouterr().out
+    ref_module = build_backbone(TINY).eval()
+    ref_module.load_timm_state(ckpt.backbone_timm_state)
+    x = torch.randn(2, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = ref_module(x)
+    y = create_backend("onnxruntime", TINY, backbone_file=out)(x)
+    assert torch.linalg.vector_norm(y - ref) / torch.linalg.vector_norm(ref) < 1e-4
+    assert main(["export-onnx", "--weights", str(ckpt.path), "--layer-scale", "1", "--out", str(out)]) == 2
