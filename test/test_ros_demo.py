@@ -72,6 +72,12 @@ def test_demo_rejects_a_box_outside_the_image(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_demo_reports_a_backend_that_cannot_start(tmp_path):
+    res = sam3d_body("demo", "--backend", "no_such_backend", "--out", str(tmp_path / "x.png"))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert res.stderr.startswith("sam3d-body: error: cannot start the node:") and "no_such_backend" in res.stderr
+
+
 def test_load_params_casts_and_overrides(tmp_path):
     (tmp_path / "p.yaml").write_text("/**:\n  ros__parameters:\n    score_threshold: 1\n    image_qos:\n"
                                      "      depth: 3\n    backend: onnxruntime\n")

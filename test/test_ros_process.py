@@ -93,3 +93,11 @@ def _mixed(probe, sec, boxes):
     probe.send(h, array_to_image(PHOTO, "rgb8"), None, camera_info(h, 512, 512))
     probe.pub_dets.publish(dets)
     return h
+
+
+def test_bad_parameter_ends_the_node_with_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "sam3d_body_ros.ros.node", "--ros-args", "-p",
+                          "image_qos.reliability:=sometimes"], cwd=REPO, text=True, capture_output=True, timeout=60,
+                         env={**os.environ, **ros_env(__name__ + "_bad")})
+    assert res.returncode == 2
+    assert res.stderr.strip() == "mesh_node: error: QoS reliability 'sometimes': choose one of ['best_effort', 'reliable']"

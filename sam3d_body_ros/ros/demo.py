@@ -165,6 +165,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..cli import fail
     from ..core import render
     from ..core.camera import default_intrinsics
+    from ..core.errors import WeightsError
     from .conversions import array_to_image, boxes_to_detections
     from .node import MeshNode
     from .qos import make_qos
@@ -204,7 +205,10 @@ def run_demo(args: argparse.Namespace) -> int:
     received: dict[str, Any] = {}
     done = threading.Event()
     try:
-        node = MeshNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        try:
+            node = MeshNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        except (WeightsError, ValueError) as e:
+            raise fail(f"cannot start the node: {e}", params_file) from None
         source = rclpy.create_node("demo_camera", context=ctx)
         qos = make_qos("reliable", 5)
         pub_img = source.create_publisher(Image, "image", qos)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -65,6 +66,10 @@ class MeshNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self._pending: Frame | None = None
+        self._cv = threading.Condition()
+        self._stop = False
+        self._worker = threading.Thread(target=self._work, name="sam3d_body_worker", daemon=True)
         for name, (default, text) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=text))
         ro = ParameterDescriptor(read_only=True, description="names in output order")
@@ -72,6 +77,8 @@ class MeshNode(Node):
         self.declare_parameter("keypoint_names", list(MHR70_NAMES), ro)
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
         self.params = p
+        qos = {k: make_qos(p[f"{k}_qos.reliability"], p[f"{k}_qos.depth"])
+               for k in ("image", "camera_info", "detections", "output")}
         self.class_ids = frozenset(c.strip() for c in p["class_ids"].split(",") if c.strip())
         log = self.get_logger()
 
@@ -79,13 +86,8 @@ class MeshNode(Node):
         self._slots = 0
         self._first_markers = True
         self._unmatched_seen: dict[str, int] = {}
-        self._pending: Frame | None = None
-        self._cv = threading.Condition()
-        self._stop = False
         self._load_pipeline(p)
 
-        qos = {k: make_qos(p[f"{k}_qos.reliability"], p[f"{k}_qos.depth"])
-               for k in ("image", "camera_info", "detections", "output")}
         self.sync = StampSynchronizer(("image", "detections"), ("camera_info",), slop=p["sync_slop"],
                                       queue_size=p["sync_queue_size"], optional_wait=p["camera_info_wait"])
         self.create_subscription(Image, "image", lambda m: self._on_input("image", m), qos["image"])
@@ -118,7 +120,6 @@ class MeshNode(Node):
         log.info(f"sync: {sync}; class_ids: {sorted(self.class_ids) or 'all'}; score >= {p['score_threshold']}; "
                  f"max_persons {p['max_persons']}")
 
-        self._worker = threading.Thread(target=self._work, name="sam3d_body_worker", daemon=True)
         self._worker.start()
 
     # ---------------------------------------------------------------- set-up
@@ -137,6 +138,8 @@ class MeshNode(Node):
             self.pipeline = BodyPipeline(PipelineSettings(**kw))
             self.weights_problem = None
         except (WeightsError, FileNotFoundError) as e:
+            if not p["weights_dir"]:
+                raise  # not a weights problem (e.g. the backend's runtime is missing): nothing to fall back to
             self.weights_problem = f"weights could not be loaded ({e}); running with RANDOM weights"
             self.get_logger().error(self.weights_problem)
             self.health.warn("weights", self.weights_problem)
@@ -275,7 +278,8 @@ class MeshNode(Node):
         with self._cv:
             self._stop = True
             self._cv.notify()
-        self._worker.join(timeout=10.0)
+        if self._worker.is_alive():
+            self._worker.join(timeout=10.0)
         super().destroy_node()
 
 
@@ -305,9 +309,15 @@ def joint_quaternions(global_rots: np.ndarray) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of `mesh_node`: spin the node on a MultiThreadedExecutor until shut down."""
+    """Entry point of `mesh_node`: spin the node on a MultiThreadedExecutor until shut down; a configuration
+    error (bad parameter, missing backend runtime) ends it with one line on stderr and exit code 2."""
     rclpy.init(args=args)
-    node = MeshNode()
+    try:
+        node = MeshNode()
+    except (WeightsError, InputError, ValueError, FileNotFoundError) as e:
+        print(f"mesh_node: error: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(2)
     executor = MultiThreadedExecutor()
     executor.add_node(node)
     try:
