@@ -100,4 +100,5 @@ def test_bad_parameter_ends_the_node_with_one_line(tmp_path):
                           "image_qos.reliability:=sometimes"], cwd=REPO, text=True, capture_output=True, timeout=60,
                          env={**os.environ, **ros_env(__name__ + "_bad")})
     assert res.returncode == 2
-    assert res.stderr.strip() == "mesh_node: error: QoS reliability 'sometimes': choose one of ['best_effort', 'reliable']"
+    expected = "mesh_node: error: QoS reliability 'sometimes': choose one of ['best_effort', 'reliable']"
+    assert res.stderr.strip() == expected
