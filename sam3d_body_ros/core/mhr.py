@@ -223,6 +223,21 @@ def euler_xyz_to_quat(angles: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _affine(linear: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) linear part and (..., 3) translation -> (..., 4, 4) homogeneous transforms."""
+    top = torch.cat((linear, translation[..., None]), dim=-1)
+    bottom = torch.zeros_like(top[..., :1, :])
+    bottom[..., 0, 3] = 1.0
+    return torch.cat((top, bottom), dim=-2)
+
+
+def _quat_left_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Quaternions (..., 4) xyzw -> (..., 4, 4) matrices L with L(q) p = q * p (Hamilton product)."""
+    x, y, z, w = q.unbind(-1)
+    rows = (w, -z, y, x, z, w, -x, y, -y, x, w, z, -x, -y, -z, w)
+    return torch.stack(rows, dim=-1).view(*q.shape[:-1], 4, 4)
+
+
 class MHRBody(nn.Module):
     """Batched MHR forward: (identity, model params, expression) -> (vertices cm, skeleton state).
 
@@ -275,22 +290,30 @@ class MHRBody(nn.Module):
         """Model parameters (B, 204) -> joint parameters (B, J, 7) [t, XYZ Euler, log2 scale]."""
         return (model_params @ self.parameter_transform.T).view(model_params.shape[0], self.num_joints, 7)
 
-    def skeleton_state(self, joint_params: torch.Tensor) -> torch.Tensor:
-        """Joint parameters (B, J, 7) -> global skeleton state (B, J, 8) [t cm, q xyzw, s] in fk_dtype."""
+    def forward_kinematics(self, joint_params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint parameters (B, J, 7) -> world transforms (B, J, 4, 4) [s R | t] and skeleton state (B, J, 8).
+
+        Both are in fk_dtype. Each joint carries two 4x4 matrices through the tree, one matmul per depth
+        level: its similarity transform and the left-multiplication matrix of its quaternion, so the
+        state's quaternion is the same product q_parent * q_local (same sign) that upstream computes.
+        """
         jp = joint_params.to(self.fk_dtype)
-        t_local = jp[..., :3] + self.joint_offsets.to(self.fk_dtype)
-        q_local = roma.quat_product(self.joint_prerotations.to(self.fk_dtype), euler_xyz_to_quat(jp[..., 3:6]))
+        q_local = roma.quat_product(self.joint_prerotations.to(jp.dtype), euler_xyz_to_quat(jp[..., 3:6]))
         q_local = F.normalize(q_local, dim=-1)
-        s_local = torch.exp2(jp[..., 6:7])
-        t, q, s = t_local, q_local, s_local
+        linear = roma.unitquat_to_rotmat(q_local) * torch.exp2(jp[..., 6:7])[..., None]
+        translation = jp[..., :3] + self.joint_offsets.to(jp.dtype)
+        local = torch.stack((_affine(linear, translation), _quat_left_matrix(q_local)), dim=2)  # (B, J, 2, 4, 4)
+        world = local
         for joints_name, parents_name in self._levels:
             joints, parents = getattr(self, joints_name), getattr(self, parents_name)
-            q_parent, t_parent, s_parent = q[:, parents], t[:, parents], s[:, parents]
-            t_joint = t_parent + s_parent * roma.quat_action(q_parent, t_local[:, joints], is_normalized=True)
-            q = q.index_copy(1, joints, roma.quat_product(q_parent, q_local[:, joints]))
-            t = t.index_copy(1, joints, t_joint)
-            s = s.index_copy(1, joints, s_parent * s_local[:, joints])
-        return torch.cat((t, q, s), dim=-1)
+            world = world.index_copy(1, joints, world[:, parents] @ local[:, joints])
+        transform = world[:, :, 0]
+        scale = transform[..., :3, 0].norm(dim=-1, keepdim=True)
+        return transform, torch.cat((transform[..., :3, 3], world[:, :, 1, :, 3], scale), dim=-1)
+
+    def skeleton_state(self, joint_params: torch.Tensor) -> torch.Tensor:
+        """Joint parameters (B, J, 7) -> global skeleton state (B, J, 8) [t cm, q xyzw, s] in fk_dtype."""
+        return self.forward_kinematics(joint_params)[1]
 
     def pose_correctives(self, joint_params: torch.Tensor) -> torch.Tensor:
         """Joint parameters (B, J, 7) -> corrective vertex offsets (B, V, 3) in cm."""
@@ -299,15 +322,12 @@ class MHRBody(nn.Module):
         hidden = F.relu(F.linear(features.flatten(1), self.corrective_in_weight))
         return F.linear(hidden, self.corrective_out_weight).view(joint_params.shape[0], self.num_vertices, 3)
 
-    def skin(self, skel_state: torch.Tensor, rest_vertices: torch.Tensor) -> torch.Tensor:
-        """Linear blend skinning of rest vertices (B, V, 3) by skeleton state (B, J, 8) -> (B, V, 3)."""
-        t, q, s = skel_state.split((3, 4, 1), dim=-1)
-        bind = self.inverse_bind_pose.to(skel_state.dtype)
-        q_skin = roma.quat_product(q, F.normalize(bind[:, 3:7], dim=-1))
-        t_skin = t + s * roma.quat_action(q, bind[:, :3], is_normalized=True)
-        linear = roma.unitquat_to_rotmat(q_skin) * (s * bind[:, 7:8])[..., None]
-        affine = torch.cat((linear, t_skin[..., None]), dim=-1).to(rest_vertices.dtype)  # (B, J, 3, 4)
-        blended = (self.skin_weights @ affine.flatten(2)).view(*rest_vertices.shape, 4)  # (B, V, 3, 4)
+    def skin(self, world: torch.Tensor, rest_vertices: torch.Tensor) -> torch.Tensor:
+        """Linear blend skinning of rest vertices (B, V, 3) by world transforms (B, J, 4, 4) -> (B, V, 3)."""
+        bind = self.inverse_bind_pose.to(world.dtype)
+        bind_linear = roma.unitquat_to_rotmat(F.normalize(bind[:, 3:7], dim=-1)) * bind[:, 7:8, None]
+        skinning = (world @ _affine(bind_linear, bind[:, :3]))[..., :3, :].to(rest_vertices.dtype)  # (B, J, 3, 4)
+        blended = (self.skin_weights @ skinning.flatten(2)).view(*rest_vertices.shape, 4)  # (B, V, 3, 4)
         return (blended[..., :3] @ rest_vertices[..., None]).squeeze(-1) + blended[..., 3]
 
     def forward(
@@ -326,10 +346,10 @@ class MHRBody(nn.Module):
         coeffs = torch.cat((identity.to(dtype).expand(batch, -1), expr.to(dtype).expand(batch, -1)), dim=1)
         rest = (self.base_shape + coeffs @ self.blend_directions).view(batch, self.num_vertices, 3)
         joint_params = self.joint_parameters(model_params)
-        skel_state = self.skeleton_state(joint_params)
+        world, skel_state = self.forward_kinematics(joint_params)
         if apply_correctives:
             rest = rest + self.pose_correctives(joint_params)
-        return self.skin(skel_state, rest), skel_state.to(dtype)
+        return self.skin(world, rest), skel_state.to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
