@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 # Each module defines register(subparsers) adding parsers with set_defaults(func=callable(args) -> int).
-COMMAND_MODULES: list[str] = ["sam3d_body_ros.runtime.commands", "sam3d_body_ros.ros.demo"]
+COMMAND_MODULES: list[str] = ["sam3d_body_ros.runtime.commands", "sam3d_body_ros.ros.demo", "sam3d_body_ros.runtime.bench"]
 
 
 class CliError(Exception):
@@ -74,7 +74,3 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         print(f"sam3d-body: error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ from sam3d_body_ros.core.pipeline import output_shapes
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "sam3d_body_ros.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "sam3d_body_ros", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
 
 
