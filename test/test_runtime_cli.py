@@ -107,3 +107,17 @@ def test_export_onnx_from_weights_dir(tmp_path, capsys):
     y = create_backend("onnxruntime", TINY, backbone_file=out)(x)
     assert torch.linalg.vector_norm(y - ref) / torch.linalg.vector_norm(ref) < 1e-4
     assert main(["export-onnx", "--weights", str(ckpt.path), "--layer-scale", "1", "--out", str(out)]) == 2
+
+
+def test_onnxruntime_and_torch_give_the_same_vertices_for_the_same_seed(photo_dir, tmp_path, capsys):
+    onnx = tmp_path / "seed3.onnx"
+    assert main(["export-onnx", "--config", "tiny", "--seed", "3", "--out", str(onnx)]) == 0
+    image = str(photo_dir / "astronaut.png")
+    common = [image, "--box", "100", "0", "460", "512", "--box", "10", "300", "90", "480", "--config", "tiny", "--seed", "3"]
+    assert main(["infer", *common, "--backend", "torch", "--out", str(tmp_path / "t.npz")]) == 0
+    assert main(["infer", *common, "--backend", "onnxruntime", "--backbone-file", str(onnx),
+                 "--out", str(tmp_path / "o.npz")]) == 0
+    t, o = np.load(tmp_path / "t.npz"), np.load(tmp_path / "o.npz")
+    assert t["pred_vertices"].shape == (2, TINY.mhr.num_vertices, 3)
+    assert np.abs(t["pred_vertices"] - o["pred_vertices"]).max() < 1e-4  # metres
+    assert np.abs(t["pred_cam_t"] - o["pred_cam_t"]).max() < 1e-4
