@@ -57,7 +57,7 @@ class MHRAssetError(ValueError):
 
 @dataclass
 class MHRRig:
-    """Every static tensor of an MHR character (float32 / int64, CPU), named after upstream's buffers."""
+    """Every static tensor of an MHR character (float32 / int64, CPU); ASSET_TENSORS maps fields to upstream names."""
 
     base_shape: torch.Tensor  # (V, 3) cm
     identity_vectors: torch.Tensor  # (45, V, 3)
