@@ -84,6 +84,10 @@ class BodyPipeline:
         )
         self.backend_name = f"{self.backend.name}/{self.backend.precision}"
         self.head = head.to(self.device).eval()
+        from ..runtime.torch_backend import make_runner
+
+        # CUDA: one CUDA graph per batch bucket (compiling the head costs minutes for little gain)
+        self.run_head = make_runner(self.head, self.device, compile=False)
         self.faces = self.head.faces.cpu().numpy().astype(np.int64)
 
     def _sync(self) -> None:
@@ -105,7 +109,7 @@ class BodyPipeline:
         self._sync()
         t2 = time.perf_counter()
         Ks = torch.as_tensor(K, dtype=torch.float32, device=self.device).expand(n, 3, 3)
-        out = self.head(
+        out = self.run_head(
             feats.to(self.device),
             crops.center.to(self.device),
             crops.side.to(self.device),

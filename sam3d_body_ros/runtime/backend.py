@@ -15,6 +15,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "sam3d_body_ros.runtime.ort_backend",
     "pt2": "sam3d_body_ros.runtime.pt2_backend",
     "tensorrt": "sam3d_body_ros.runtime.tensorrt_backend",
+    "torch-int8": "sam3d_body_ros.runtime.torch_int8_backend",
 }
 
 

@@ -1,0 +1,340 @@
+"""`sam3d-body bench`: timings of the backbone backends, the decoder + MHR head and the whole per-frame pipeline.
+
+Random weights (speed does not depend on them). CUDA events for GPU-only stages, wall clock (synchronised)
+for the pipeline, whose outputs come back to the host. Prints a table and writes one JSON file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..core.config import ModelConfig, get_config
+
+
+def _stats(times_ms: list[float], batch: int = 1) -> dict[str, float]:
+    ts = np.sort(np.asarray(times_ms))
+    med = float(np.median(ts))
+    return {"median_ms": med, "p95_ms": float(np.percentile(ts, 95)), "mean_ms": float(ts.mean()),
+            "per_s": 1000.0 * batch / med}
+
+
+def time_cuda(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
+    """Per-call device times (ms) with CUDA events after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for s, e in ev:
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in ev]
+
+
+def time_wall(fn: Callable[[], Any], warmup: int, iters: int, sync: Callable[[], None]) -> list[float]:
+    """Per-call wall-clock times (ms) of a call that ends synchronised."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        sync()
+        out.append(1000.0 * (time.perf_counter() - t))
+    return out
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device name, driver, library versions."""
+    import timm
+
+    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+                           "numpy": np.__version__, "host": platform.node()}
+    if device.type == "cuda":
+        env["device"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        try:
+            import triton
+
+            env["triton"] = triton.__version__
+        except ImportError:
+            pass
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = "unknown"
+    else:
+        env["device"] = platform.processor() or "cpu"
+    return env
+
+
+def fidelity_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random backbone weights in timm keys with layer-scale 0.1 and random q/v biases.
+
+    timm's 1e-5 layer-scale init makes each block ~identity and would hide reduced-precision error.
+    """
+    from ..core.backbone import build_backbone
+
+    torch.manual_seed(seed)
+    module = build_backbone(cfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in module.encoder.named_parameters():
+            if name.endswith(("gamma_1", "gamma_2")):
+                p.fill_(0.1)
+            elif name.endswith(("q_bias", "v_bias")):
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+    return module.encoder.state_dict()
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64."""
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def synthetic_frame(persons: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 1280x720 textured RGB image and `persons` side-by-side person boxes (xyxy px)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:720, 0:1280]
+    base = np.stack([(xx * 0.2) % 255, (yy * 0.3) % 255, ((xx + yy) * 0.1) % 255], -1)
+    image = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    w = 1280 / max(persons, 1)
+    boxes = np.array([[i * w + 0.1 * w, 80.0, i * w + 0.9 * w, 680.0] for i in range(persons)], np.float32)
+    return image, boxes
+
+
+def head_inputs(cfg: ModelConfig, persons: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Decoder inputs for `persons` crops of a synthetic frame: features, center, side, affine, K."""
+    from ..core.camera import default_intrinsics
+    from ..core.crop import prepare_crops
+
+    image, boxes = synthetic_frame(persons)
+    crops = prepare_crops(image, boxes, cfg.backbone.img_size)
+    g = torch.Generator().manual_seed(persons)
+    feats = torch.randn(persons, cfg.backbone.embed_dim, cfg.backbone.grid, cfg.backbone.grid, generator=g)
+    K = torch.as_tensor(default_intrinsics(1280, 720), dtype=torch.float32).expand(persons, 3, 3).contiguous()
+    return tuple(t.to(device) for t in (feats, crops.center, crops.side, crops.affine, K))
+
+
+def _make_backbone(name: str, precision: str, cfg: ModelConfig, device: torch.device,
+                   state: dict[str, torch.Tensor], seed: int) -> Any:
+    """A backend by name with the given timm weights; "torch-eager" is the plain eager reference."""
+    from ..core.backbone import build_backbone
+    from .backend import create_backend
+    from .torch_backend import TorchBackend
+
+    if name == "torch-eager":
+        module = build_backbone(cfg)
+        module.load_timm_state(state)
+        return TorchBackend(module, device, precision, compile=False, cuda_graphs=False, fuse=False)
+    return create_backend(name, cfg, device=device, precision=precision, backbone_state=state, seed=seed)
+
+
+def parse_backends(spec: str) -> list[tuple[str, str]]:
+    """'torch:bf16,torch-int8:fp8' -> [(backend, precision), ...]."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, precision = item.partition(":")
+        out.append((name, precision or "fp32"))
+    return out
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """All measurements; returns the JSON-ready result."""
+    from ..core.checkpoint import random_head
+    from ..core.pipeline import BodyPipeline, PipelineSettings
+    from .torch_backend import TorchBackend, make_runner
+
+    device = torch.device(args.device)
+    cfg = get_config(args.config)
+    is_cuda = device.type == "cuda"
+    if is_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    batches = [int(b) for b in args.batches.split(",")]
+    warmup, iters = args.warmup, args.iters
+    t_start = time.perf_counter()
+    log = (lambda msg: print(f"[bench {time.perf_counter() - t_start:6.1f}s] {msg}", flush=True))
+    result: dict[str, Any] = {"config": cfg.name, "warmup": warmup, "iters": iters, **environment(device)}
+    timer = (lambda fn: time_cuda(fn, warmup, iters)) if is_cuda else (
+        lambda fn: time_wall(fn, warmup, iters, lambda: None))
+
+    # ---- backbone: each backend/precision at each batch, fidelity vs eager fp32 ----
+    state = fidelity_state(cfg, args.seed)
+    gen = torch.Generator().manual_seed(args.seed + 7)
+    crops = torch.randn(max(batches), 3, cfg.backbone.img_size, cfg.backbone.img_size, generator=gen).to(device)
+    from ..core.backbone import build_backbone
+
+    ref_module = build_backbone(cfg)
+    ref_module.load_timm_state(state)
+    reference = TorchBackend(ref_module, device, "fp32", compile=False, cuda_graphs=False)
+    with torch.inference_mode():
+        ref_feats = reference(crops)
+    del reference, ref_module
+    rows = []
+    specs = [("torch-eager", "bf16")] + parse_backends(args.backends)
+    for name, precision in specs:
+        t0 = time.perf_counter()
+        try:
+            backend = _make_backbone(name, precision, cfg, device, state, args.seed)
+        except Exception as e:  # noqa: BLE001 - e.g. fp8 on a GPU without it: report and go on
+            rows.append({"backend": name, "precision": precision, "error": repr(e)[:300]})
+            log(f"backbone {name}/{precision} FAILED: {e!r}"[:300])
+            continue
+        for b in batches:
+            x = crops[:b]
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                feats = backend(x)
+            first_s = time.perf_counter() - t1
+            with torch.inference_mode():
+                st = _stats(timer(lambda: backend(x)), b)
+            row = {"backend": name, "precision": precision, "batch": b, "median_ms": st["median_ms"],
+                   "p95_ms": st["p95_ms"], "crops_per_s": st["per_s"], "first_call_s": first_s,
+                   "feature_rel_l2_vs_fp32": rel_l2(feats, ref_feats[:b])}
+            rows.append(row)
+            log(f"backbone {name}/{precision} b{b}: {row['median_ms']:.2f} ms, rel L2 {row['feature_rel_l2_vs_fp32']:.2e}")
+        log(f"  ({name}/{precision} built+timed in {time.perf_counter() - t0:.0f}s)")
+        del backend
+        if is_cuda:
+            torch.cuda.empty_cache()
+    result["backbone"] = rows
+    _save(args.out, result)
+
+    # ---- decoder + MHR (body mode): eager and the fast path ----
+    head = random_head(cfg, seed=args.seed).to(device).eval()
+    paths: dict[str, Callable[..., Any]] = {"eager": head}
+    if is_cuda:
+        paths["graph"] = make_runner(head, device, compile=False)  # the pipeline's path
+        if args.head_compile:
+            paths["compile+graph"] = make_runner(head, device, compile=True)
+    dec_rows = []
+    for persons in [int(p) for p in args.decoder_persons.split(",")]:
+        inputs = head_inputs(cfg, persons, device)
+        with torch.inference_mode():
+            ref = head(*inputs)
+        for label, fn in paths.items():
+            try:
+                with torch.inference_mode():
+                    t1 = time.perf_counter()
+                    out = fn(*inputs)
+                    first_s = time.perf_counter() - t1
+                    st = _stats(timer(lambda: fn(*inputs)), persons)
+                err = max(rel_l2(out[k], ref[k]) for k in ("pred_vertices", "pred_keypoints_3d", "pred_cam_t"))
+                dec_rows.append({"path": label, "persons": persons, "median_ms": st["median_ms"],
+                                 "p95_ms": st["p95_ms"], "first_call_s": first_s, "rel_l2_vs_eager": err})
+                log(f"decoder+MHR {label} {persons}p: {st['median_ms']:.2f} ms (rel vs eager {err:.1e})")
+            except Exception as e:  # noqa: BLE001 - a failing optional path is reported, the bench goes on
+                dec_rows.append({"path": label, "persons": persons, "error": repr(e)[:300]})
+                log(f"decoder+MHR {label} {persons}p FAILED: {e!r}"[:300])
+    result["decoder"] = dec_rows
+    _save(args.out, result)
+    del paths, head
+    if is_cuda:
+        torch.cuda.empty_cache()
+
+    # ---- whole pipeline per frame: crop -> outputs on the host ----
+    pipe_rows: list[dict[str, Any]] = []
+    result["pipeline"] = pipe_rows
+    try:
+        backend, precision = parse_backends(args.pipeline_backend)[0]
+        pipe = BodyPipeline(PipelineSettings(model_config=cfg.name, backend=backend, device=str(device),
+                                             precision=precision, seed=args.seed))
+        sync = (lambda: torch.cuda.synchronize(device)) if is_cuda else (lambda: None)
+        persons_list = [int(p) for p in args.pipeline_persons.split(",")]
+        for persons in sorted(set(persons_list + [args.memory_persons])):
+            image, boxes = synthetic_frame(persons)
+            pipe.infer(image, boxes)  # compile / capture
+            if is_cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(device)
+            stages: list[dict[str, float]] = []
+
+            def frame() -> None:
+                stages.append(pipe.infer(image, boxes).timings_ms)
+
+            st = _stats(time_wall(frame, warmup, iters, sync), 1)
+            if persons == args.memory_persons and is_cuda:
+                result["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                result["peak_gpu_mem_persons"] = persons
+            if persons in persons_list:
+                stage_med = {k: float(np.median([s[k] for s in stages[warmup:]])) for k in stages[0]}
+                pipe_rows.append({"persons": persons, "backend": pipe.backend_name, "median_ms": st["median_ms"],
+                                  "p95_ms": st["p95_ms"], "frames_per_s": st["per_s"], "stage_median_ms": stage_med})
+                log(f"pipeline {persons}p ({pipe.backend_name}): {st['median_ms']:.2f} ms, p95 {st['p95_ms']:.2f}")
+    except Exception as e:  # noqa: BLE001 - keep the backbone/decoder numbers when the pipeline fails
+        result["pipeline_error"] = repr(e)[:500]
+        log(f"pipeline FAILED: {e!r}"[:300])
+    result["total_s"] = time.perf_counter() - t_start
+    return result
+
+
+def _save(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+
+
+def print_table(r: dict[str, Any]) -> None:
+    """Human-readable summary of a bench result."""
+    print(f"\n{r.get('device')} | driver {r.get('driver', '-')} | torch {r['torch']} | timm {r['timm']} | config {r['config']}")
+    print(f"{'backbone':<14}{'prec':<6}{'batch':>5}{'median ms':>11}{'p95 ms':>9}{'crops/s':>9}{'relL2 fp32':>12}")
+    for b in r["backbone"]:
+        print(f"{b['backend']:<14}{b['precision']:<6}{b['batch']:>5}{b['median_ms']:>11.2f}{b['p95_ms']:>9.2f}"
+              f"{b['crops_per_s']:>9.0f}{b['feature_rel_l2_vs_fp32']:>12.2e}")
+    print(f"{'decoder+MHR':<14}{'path':<14}{'pers':>5}{'median ms':>11}{'p95 ms':>9}")
+    for d in r["decoder"]:
+        if "error" in d:
+            print(f"{'':<14}{d['path']:<14}{d['persons']:>5}  ERROR {d['error'][:60]}")
+        else:
+            print(f"{'':<14}{d['path']:<14}{d['persons']:>5}{d['median_ms']:>11.2f}{d['p95_ms']:>9.2f}")
+    print(f"{'pipeline':<14}{'':<6}{'pers':>5}{'median ms':>11}{'p95 ms':>9}  stages (median ms)")
+    for p in r["pipeline"]:
+        stages = " ".join(f"{k} {v:.1f}" for k, v in p["stage_median_ms"].items())
+        print(f"{p['backend']:<20}{p['persons']:>5}{p['median_ms']:>11.2f}{p['p95_ms']:>9.2f}  {stages}")
+    if "peak_gpu_mem_gib" in r:
+        print(f"peak GPU memory ({r['peak_gpu_mem_persons']} persons, whole pipeline): {r['peak_gpu_mem_gib']:.2f} GiB")
+    print(f"total {r['total_s']:.0f} s")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ..cli import fail
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise fail("CUDA is not available", None, "run on a GPU machine or pass --device cpu --config tiny")
+    result = run_bench(args)
+    _save(args.out, result)
+    print_table(result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `bench` sub-command."""
+    p = subparsers.add_parser("bench", help="time backbone backends, decoder + MHR and the whole pipeline (JSON + table)")
+    p.add_argument("--config", default="full", choices=["tiny", "full"])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--backends", default="torch:bf16,torch-int8:fp8",
+                   help="backbone backend:precision list (an eager bf16 reference is always timed first)")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--decoder-persons", default="1,8")
+    p.add_argument("--pipeline-persons", default="1,5")
+    p.add_argument("--pipeline-backend", default="torch-int8:fp8", help="backend:precision of the pipeline runs")
+    p.add_argument("--memory-persons", type=int, default=8, help="persons of the frame whose peak GPU memory is reported")
+    p.add_argument("--head-compile", action="store_true", help="also time torch.compile + CUDA graph for the head (minutes)")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    p.set_defaults(func=_bench)
