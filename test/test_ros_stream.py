@@ -54,8 +54,15 @@ def test_stream_of_100_frames_at_30hz():
         delta = lambda d: {k: int(d[k]) - base[k] for k in counters}  # noqa: E731
         # Frames whose image (depth-1 QoS keeps only the newest) or detections were overwritten in the DDS
         # reader never reach the node; every frame that did is either processed or counted as dropped.
-        d = wait_for(lambda: (lambda d: d if sum(delta(d)[k] for k in (counters[0], counters[3])) >= 90
-                              else None)(probe.diagnostics()), 5.0)
+        # Wait until the counters have settled (two diagnostics messages in a row agree).
+        settled: list[dict] = []
+
+        def counters_settled():
+            d = probe.diagnostics()
+            settled.append(d)
+            return d if len(settled) > 1 and delta(settled[-2]) == delta(d) else None
+
+        d = wait_for(counters_settled, 5.0, interval=0.3)
         assert d is not None, str(probe.diagnostics())
         n = delta(d)
         synced, processed, dropped = n["frames_synchronized"], n["frames_processed"], n["frames_dropped_busy"]
