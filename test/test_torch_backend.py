@@ -1,0 +1,73 @@
+"""torch / torch-int8 backends through the backend registry, and the `sam3d-body bench` command (CPU, tiny)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sam3d_body_ros.core.backbone import build_backbone
+from sam3d_body_ros.core.config import TINY
+from sam3d_body_ros.runtime.backend import BACKENDS, BackboneBackend, create_backend
+from sam3d_body_ros.runtime.bench import parse_backends, synthetic_frame
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_torch_backend_on_cpu_is_the_plain_module() -> None:
+    backend = create_backend("torch", TINY, device="cpu", precision="fp32", seed=4)
+    assert isinstance(backend, BackboneBackend)
+    assert backend.runner is backend.module  # no compile / graphs / rewrites on CPU by default
+    torch.manual_seed(4)
+    reference = build_backbone(TINY).eval()
+    x = torch.randn(2, 3, 512, 512)
+    with torch.inference_mode():
+        out = backend(x)
+        ref = reference(x)
+    assert out.dtype == torch.float32 and out.shape == (2, 128, 32, 32)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_int8_backend_is_registered() -> None:
+    assert BACKENDS["torch-int8"] == "sam3d_body_ros.runtime.torch_int8_backend"
+    backend = create_backend("torch-int8", TINY, device="cpu", precision="int8")
+    assert backend.name == "torch-int8" and backend.precision == "int8"
+    with torch.inference_mode():
+        assert backend(torch.randn(1, 3, 512, 512)).shape == (1, 128, 32, 32)
+
+
+@pytest.mark.parametrize("name,precision", [("torch", "int8"), ("torch", "int4"), ("torch-int8", "bf16")])
+def test_unsupported_precision_is_rejected(name: str, precision: str) -> None:
+    with pytest.raises(ValueError, match="precision must be one of"):
+        create_backend(name, TINY, device="cpu", precision=precision)
+
+
+def test_bench_helpers() -> None:
+    assert parse_backends("torch:bf16, torch-int8:fp8,torch") == [("torch", "bf16"), ("torch-int8", "fp8"), ("torch", "fp32")]
+    image, boxes = synthetic_frame(5)
+    assert image.shape == (720, 1280, 3) and image.dtype.name == "uint8"
+    assert boxes.shape == (5, 4) and (boxes[:, 2] > boxes[:, 0]).all() and boxes[:, 2].max() <= 1280
+
+
+def test_bench_command_writes_json_and_table(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "sam3d_body_ros", "bench", "--config", "tiny", "--device", "cpu", "--warmup", "1",
+           "--iters", "2", "--batches", "1,2", "--decoder-persons", "2", "--pipeline-persons", "1",
+           "--memory-persons", "1", "--backends", "torch:fp32,torch-int8:int8", "--pipeline-backend", "torch:fp32",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert [(b["backend"], b["precision"], b["batch"]) for b in r["backbone"]] == [
+        ("torch-eager", "bf16", 1), ("torch-eager", "bf16", 2), ("torch", "fp32", 1), ("torch", "fp32", 2),
+        ("torch-int8", "int8", 1), ("torch-int8", "int8", 2)]
+    for b in r["backbone"]:
+        assert b["median_ms"] > 0 and b["p95_ms"] >= b["median_ms"] * 0.999 and b["crops_per_s"] > 0
+    torch_fp32 = [b for b in r["backbone"] if b["backend"] == "torch"]
+    assert all(b["feature_rel_l2_vs_fp32"] == 0.0 for b in torch_fp32)  # same eager fp32 module on CPU
+    assert [(d["path"], d["persons"]) for d in r["decoder"]] == [("eager", 2)]
+    assert [p["persons"] for p in r["pipeline"]] == [1] and r["pipeline"][0]["median_ms"] > 0
+    assert "median ms" in proc.stdout and "pipeline" in proc.stdout
