@@ -110,6 +110,7 @@ def main() -> int:
         "fp8-compile-default-graph": lambda m: TorchInt8Backend(m, dev, "fp8", compile=True, cuda_graphs=True, compile_mode="default"),
         "int8-compile-default-graph": lambda m: TorchInt8Backend(m, dev, "int8", compile=True, cuda_graphs=True, compile_mode="default"),
         "bf16-blocks-default-graph": lambda m: TorchBackend(m, dev, "bf16", compile="blocks", cuda_graphs=True, compile_mode="default"),
+        "fp16-blocks-default-graph": lambda m: TorchBackend(m, dev, "fp16", compile="blocks", cuda_graphs=True, compile_mode="default"),
         "bf16-blocks-nofuse-graph": lambda m: TorchBackend(m, dev, "bf16", compile="blocks", cuda_graphs=True, compile_mode="default", fuse=False),
         "fp8-blocks-default-graph": lambda m: TorchInt8Backend(m, dev, "fp8", compile="blocks", cuda_graphs=True, compile_mode="default"),
         "bf16-blocks-maxat-graph": lambda m: TorchBackend(m, dev, "bf16", compile="blocks", cuda_graphs=True),
