@@ -1,7 +1,8 @@
 """`torch` backend: the timm backbone in PyTorch, fp32/bf16/fp16, CPU or CUDA.
 
-On CUDA the default is the fast path: torch.compile + one CUDA graph per batch bucket (1, 2, 4, 8);
-`compile=False, cuda_graphs=False` gives the plain eager reference.
+On CUDA the default is the fast path: SwiGLU fc1 GEMMs stacked, patchify as a GEMM, torch.compile and one
+CUDA graph per batch bucket (1, 2, 4, 8); `compile=False, cuda_graphs=False, fuse=False` gives the
+plain eager reference (the CPU default).
 """
 from __future__ import annotations
 
@@ -84,14 +85,17 @@ def fuse_swiglu(module: nn.Module) -> int:
     return count
 
 
-def compile_blocks(module: nn.Module, mode: str) -> bool:
+def _blocks(module: nn.Module) -> nn.Module | None:
+    return getattr(getattr(module, "encoder", None), "blocks", None)
+
+
+def compile_blocks(module: nn.Module, mode: str) -> None:
     """Regional compilation: compile each transformer block in place (one compile serves all blocks)."""
-    blocks = getattr(getattr(module, "encoder", None), "blocks", None)
+    blocks = _blocks(module)
     if blocks is None:
-        return False
+        raise ValueError("compile='blocks' needs a module with encoder.blocks")
     for blk in blocks:
         blk.compile(mode=mode, dynamic=False, fullgraph=True)
-    return True
 
 
 def make_runner(
@@ -103,9 +107,10 @@ def make_runner(
     compile_mode: str = COMPILE_MODE,
     buckets: tuple[int, ...] = DEFAULT_BUCKETS,
 ) -> Callable[..., object]:
-    """Wrap `module` as eager, compiled ("blocks": per transformer block) and/or graph-replayed.
+    """Wrap `module` as eager, compiled (True: whole module, "blocks": per transformer block) and/or graph-replayed.
 
-    None means "on when `device` is CUDA" (compile then means the whole module).
+    None means "on when `device` is CUDA". The whole-module compile is the default: on the H100 it ran batch 1
+    ~0.35 ms faster than "blocks" (cross-block fusion), which compiles in about a third of the time.
     """
     on_cuda = device.type == "cuda"
     compile = on_cuda if compile is None else compile
@@ -114,8 +119,7 @@ def make_runner(
         raise ValueError("CUDA graphs need a CUDA device")
     fn: Callable[..., object] = module
     if compile == "blocks":
-        if not compile_blocks(module, compile_mode):
-            raise ValueError("compile='blocks' needs a module with encoder.blocks")
+        compile_blocks(module, compile_mode)
     elif compile:
         fn = torch.compile(module, mode=compile_mode, dynamic=False)
     if compile or cuda_graphs:
