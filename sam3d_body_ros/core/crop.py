@@ -64,8 +64,13 @@ def warp_matrix(center: np.ndarray, side: float, size: int) -> np.ndarray:
     )
 
 
-def prepare_crops(image_rgb: np.ndarray, boxes: np.ndarray, size: int = 512) -> CropBatch:
-    """Warp each box of an RGB uint8 image to a normalised size x size crop (black border, bilinear)."""
+def prepare_crops(
+    image_rgb: np.ndarray, boxes: np.ndarray, size: int = 512, device: str | torch.device = "cpu"
+) -> CropBatch:
+    """Warp each box of an RGB uint8 image to a normalised size x size crop (black border, bilinear).
+
+    On the CPU the warp is OpenCV's (the reference); on CUDA the frame is uploaded once and warped there.
+    """
     if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise InputError(f"image must be an HxWx3 RGB array, got shape {getattr(image_rgb, 'shape', None)}")
     if image_rgb.dtype != np.uint8:
@@ -77,17 +82,43 @@ def prepare_crops(image_rgb: np.ndarray, boxes: np.ndarray, size: int = 512) -> 
         raise InputError("; ".join(reasons))
     center, side = box_to_center_side(boxes)
     affines = np.stack([warp_matrix(c, s, size) for c, s in zip(center, side)]) if len(boxes) else np.zeros((0, 2, 3))
-    crops = np.empty((len(boxes), size, size, 3), dtype=np.float32)
-    for i, m in enumerate(affines):
-        warped = cv2.warpAffine(
-            image_rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-        )
-        crops[i] = (warped.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    device = torch.device(device)
+    images = _warp_cv2(image_rgb, affines, size) if device.type == "cpu" else _warp_torch(image_rgb, affines, size, device)
     return CropBatch(
-        images=torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(),
+        images=images,
         center=torch.from_numpy(center).float(),
         side=torch.from_numpy(side).float(),
         affine=torch.from_numpy(affines).float(),
         boxes=torch.from_numpy(boxes).float(),
         image_size=(w, h),
     )
+
+
+def _warp_cv2(image_rgb: np.ndarray, affines: np.ndarray, size: int) -> torch.Tensor:
+    """OpenCV warp + normalisation on the CPU: (N,3,size,size) float32."""
+    crops = np.empty((len(affines), size, size, 3), dtype=np.float32)
+    for i, m in enumerate(affines):
+        warped = cv2.warpAffine(
+            image_rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+        crops[i] = (warped.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
+
+
+def _warp_torch(image_rgb: np.ndarray, affines: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """The same warp with grid_sample on `device` (bilinear, zero border, pixel centres at integers as in OpenCV)."""
+    h, w = image_rgb.shape[:2]
+    n = len(affines)
+    img = torch.from_numpy(image_rgb).to(device, non_blocking=True).permute(2, 0, 1).float()[None]
+    crop_to_image = np.linalg.inv(np.concatenate([affines, np.broadcast_to([[0.0, 0.0, 1.0]], (n, 1, 3))], 1))
+    image_to_grid = np.array([[2.0 / (w - 1), 0.0, -1.0], [0.0, 2.0 / (h - 1), -1.0]])  # align_corners=True
+    theta = torch.from_numpy(image_to_grid @ crop_to_image).float().to(device)  # (N,2,3): crop (u,v,1) -> grid
+    r = torch.arange(size, device=device, dtype=torch.float32)
+    pix = torch.stack([r.expand(size, size), r[:, None].expand(size, size), torch.ones(size, size, device=device)], -1)
+    grid = torch.einsum("nij,hwj->nhwi", theta, pix)
+    warped = torch.nn.functional.grid_sample(
+        img.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    mean = torch.as_tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (warped / 255.0 - mean) / std

@@ -98,7 +98,7 @@ class BodyPipeline:
     def infer(self, image_rgb: np.ndarray, boxes: np.ndarray, K: np.ndarray | None = None) -> BodyResult:
         """Run all persons of one image in one batch; raises InputError for unusable inputs."""
         t0 = time.perf_counter()
-        crops = prepare_crops(image_rgb, boxes, self.cfg.backbone.img_size)
+        crops = prepare_crops(image_rgb, boxes, self.cfg.backbone.img_size, device=self.device)
         w, h = crops.image_size
         K = check_intrinsics(K, w, h)
         n = crops.images.shape[0]
@@ -116,7 +116,7 @@ class BodyPipeline:
             crops.affine.to(self.device),
             Ks,
         )
-        outputs = {k: v.float().cpu().numpy() for k, v in out.items()}
+        outputs = _to_numpy(out)
         t3 = time.perf_counter()
         outputs["bbox"] = crops.boxes.numpy()
         timings = {"crop": t1 - t0, "backbone": t2 - t1, "decoder": t3 - t2, "total": t3 - t0}
@@ -126,6 +126,14 @@ class BodyPipeline:
         """A result with zero persons and the right trailing shapes (so consumers can clear displays)."""
         outputs = {k: np.zeros((0, *shape), np.float32) for k, shape in output_shapes(self.cfg).items()}
         return BodyResult(outputs, self.faces, {k: 0.0 for k in STAGES})
+
+
+def _to_numpy(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Copy all output fields to the host in one transfer (one sync instead of one per field)."""
+    n = next(iter(out.values())).shape[0]
+    flat = torch.cat([v.float().reshape(n, -1) for v in out.values()], 1).cpu().numpy()
+    sizes = np.cumsum([0] + [int(np.prod(v.shape[1:])) for v in out.values()])
+    return {k: flat[:, a:b].reshape(v.shape) for (k, v), a, b in zip(out.items(), sizes[:-1], sizes[1:])}
 
 
 def model_info(config_name: str) -> dict[str, int | str]:
