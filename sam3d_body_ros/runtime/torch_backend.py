@@ -184,10 +184,19 @@ def create(
     seed: int,
 ) -> TorchBackend:
     """Build the backbone from `backbone_state` (timm keys) or seeded random weights."""
+    return TorchBackend(backbone_module(cfg, backbone_state, backbone_file, seed, "torch"), device, precision)
+
+
+def backbone_module(
+    cfg: ModelConfig, backbone_state: dict[str, torch.Tensor] | None, backbone_file: Path | None, seed: int, name: str
+) -> nn.Module:
+    """The timm backbone with `backbone_state` loaded, or seeded random weights (torch-based backends)."""
     if backbone_file is not None:
-        raise ValueError("the torch backend takes weights from --weights; use --backend pt2/onnxruntime/tensorrt for a backbone file")
+        raise ValueError(
+            f"the {name} backend takes weights from --weights; use --backend pt2/onnxruntime/tensorrt for a backbone file"
+        )
     torch.manual_seed(seed)
     module = build_backbone(cfg)
     if backbone_state is not None:
         module.load_timm_state(backbone_state)
-    return TorchBackend(module, device, precision)
+    return module

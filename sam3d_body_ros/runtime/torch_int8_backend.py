@@ -10,12 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..core.backbone import build_backbone
 from ..core.config import ModelConfig
-from .torch_backend import TorchBackend
+from .torch_backend import TorchBackend, backbone_module
 
 QUANT_MODES = ("int8", "fp8")
 _QMAX = {"int8": 127.0, "fp8": 448.0}
@@ -117,10 +115,4 @@ def create(
     seed: int,
 ) -> TorchInt8Backend:
     """Build the backbone from `backbone_state` (timm keys) or seeded random weights, then quantize it."""
-    if backbone_file is not None:
-        raise ValueError("the torch-int8 backend takes weights from --weights, not a backbone file")
-    torch.manual_seed(seed)
-    module = build_backbone(cfg)
-    if backbone_state is not None:
-        module.load_timm_state(backbone_state)
-    return TorchInt8Backend(module, device, precision)
+    return TorchInt8Backend(backbone_module(cfg, backbone_state, backbone_file, seed, "torch-int8"), device, precision)
