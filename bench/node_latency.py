@@ -300,8 +300,10 @@ def measure(bench: Bench, rec: Recorder, node: NodeProcess, stamps: Stamps, pers
     ready_s = make_ready(bench, rec, node, stamps, boxes, args.ready_timeout)
     if rec.error:
         raise RuntimeError(rec.error)
-    stream(bench, node, stamps, boxes, args.rate, args.warmup)
-    time.sleep(1.0)  # let the warm-up's last frame finish before the baseline
+    warm, _ = stream(bench, node, stamps, boxes, args.rate, args.warmup)
+    # Baseline once the warm-up is over: its last frame answered (or 10 s passed), nothing left in flight.
+    wait_until(lambda: rec.answered("markers", warm[-1][0]), 10.0, node)
+    time.sleep(0.3)
     base = counters(fresh_diagnostics(rec, node, time.perf_counter()))
 
     sent, window = stream(bench, node, stamps, boxes, args.rate, args.duration)
