@@ -256,5 +256,6 @@ def random_head(cfg: ModelConfig, seed: int = 0) -> SAM3DBodyHead:
             hp.hand_joint_idxs_right.copy_(_SYNTHETIC_HAND_IDXS[NUM_HAND_PARAMS:])
             hp.keypoint_mapping.copy_(synthetic_keypoint_mapping(cfg.mhr, seed=seed))
             hp.faces.copy_(rig.faces)
+        hp.prepare_fast_keypoints()
     head.weights_description = f"RANDOM weights (seed {seed}) + SYNTHETIC MHR rig: not a real body estimate"
     return head

@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .decoder import FFN
+from .mhr import MHRBody
 
 NUM_GLOBAL_6D = 6
 NUM_BODY_CONT = 260
@@ -184,14 +185,38 @@ class MHRHead(nn.Module):
         self.decoding = BodyDecoding()
         self.register_buffer("axis_flip", torch.tensor([1.0, -1.0, -1.0]), persistent=False)  # MHR Y-up -> camera
         self.mhr = mhr
+        # Fast keypoints (set by `prepare_fast_keypoints`): the rig rows of the vertices the first K rows of
+        # keypoint_mapping use, and those rows' weights over [those vertices; joints].
+        self.register_module("keypoint_rig", None)
+        self.register_buffer("keypoint_weights", None, persistent=False)
+        self.register_load_state_dict_post_hook(_prepare_after_load)
+
+    def prepare_fast_keypoints(self) -> None:
+        """Index the vertices keypoint_mapping[:K] uses (once per weights: host sync) for keypoint-only MHR passes.
+
+        Runs after every `load_state_dict`; call it after changing `keypoint_mapping` in place. A no-op when the
+        body model is not an MHRBody (e.g. a meta-device shell).
+        """
+        if not isinstance(self.mhr, MHRBody) or self.keypoint_mapping.is_meta:
+            return
+        num_vertices = self.mhr.num_vertices
+        rows = self.keypoint_mapping[: self.num_keypoints]
+        index = rows[:, :num_vertices].ne(0).any(dim=0).nonzero().squeeze(1)
+        self.keypoint_rig = self.mhr.vertex_subset(index)
+        self.keypoint_weights = torch.cat([rows[:, index], rows[:, num_vertices:]], dim=1)
 
     def hand_params(self, hand_cont: torch.Tensor) -> torch.Tensor:
         """(N,108) predicted hand coefficients -> (N,2,27) left/right hand Euler params via mean + comps."""
         cont = self.hand_pose_mean + hand_cont.unflatten(-1, (2, NUM_HAND_CONT)) @ self.hand_pose_comps
         return self.decoding.hand(cont)
 
-    def forward(self, token: torch.Tensor, init_pose: torch.Tensor) -> dict[str, torch.Tensor]:
-        """token (N,dim), init_pose (1|N,519) -> decoded parameters, MHR outputs (m, camera axes) and raw pose."""
+    def forward(self, token: torch.Tensor, init_pose: torch.Tensor,
+                keypoints_only: bool = False) -> dict[str, torch.Tensor]:
+        """token (N,dim), init_pose (1|N,519) -> decoded parameters, MHR outputs (m, camera axes) and raw pose.
+
+        `keypoints_only` leaves out pred_vertices; once `prepare_fast_keypoints` ran, MHR then evaluates only the
+        vertices the keypoints use (the other outputs are unchanged).
+        """
         pred = self.proj(token) + init_pose
         global_6d, body_cont, shape, scale, hand, face = torch.split(
             pred, [NUM_GLOBAL_6D, NUM_BODY_CONT, NUM_SHAPE, NUM_SCALE, 2 * NUM_HAND_CONT, NUM_FACE], dim=1)
@@ -205,14 +230,23 @@ class MHRHead(nn.Module):
         pose = pose.index_copy(1, self.hand_joint_idxs_right, hands[:, 1])
         model_params = torch.cat([pose, self.scale_mean + scale @ self.scale_comps], dim=1)
 
-        verts_cm, skel = self.mhr(shape, model_params, face)
+        fast = self.keypoint_rig is not None
+        subset = self.keypoint_rig if fast and keypoints_only else None
+        if subset is None:
+            verts_cm, skel = self.mhr(shape, model_params, face)
+        else:
+            verts_cm, skel = self.mhr(shape, model_params, face, vertices=subset)
         verts = verts_cm / 100.0
         joints = skel[..., :3] / 100.0
         global_rots = roma.unitquat_to_rotmat(skel[..., 3:7])
-        keypoints = self.keypoint_mapping[: self.num_keypoints] @ torch.cat([verts, joints], dim=1)
+        if fast:
+            kp_verts = verts if subset is not None else verts[:, self.keypoint_rig.index]
+            keypoints = self.keypoint_weights @ torch.cat([kp_verts, joints], dim=1)
+        else:
+            keypoints = self.keypoint_mapping[: self.num_keypoints] @ torch.cat([verts, joints], dim=1)
         flip = self.axis_flip  # positions only; rotations stay in the MHR frame, as upstream
-        return {
-            "pred_vertices": verts * flip,
+        out = {} if keypoints_only else {"pred_vertices": verts * flip}
+        out.update({
             "pred_keypoints_3d": keypoints * flip,
             "pred_joint_coords": joints * flip,
             "pred_global_rots": global_rots,
@@ -224,7 +258,13 @@ class MHRHead(nn.Module):
             "expr_params": face,
             "mhr_model_params": model_params,
             "pred_pose_raw": torch.cat([global_6d, body_cont], dim=1),
-        }
+        })
+        return out
+
+
+def _prepare_after_load(head: MHRHead, _incompatible_keys: object) -> None:
+    """load_state_dict post-hook: the keypoint vertex subset follows the loaded keypoint_mapping."""
+    head.prepare_fast_keypoints()
 
 
 class CameraHead(nn.Module):

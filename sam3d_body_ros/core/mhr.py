@@ -306,7 +306,7 @@ class MHRBody(nn.Module):
         world = local
         for joints_name, parents_name in self._levels:
             joints, parents = getattr(self, joints_name), getattr(self, parents_name)
-            world = world.index_copy(1, joints, world[:, parents] @ local[:, joints])
+            world = world.index_copy(1, joints, _matmul4(world[:, parents], local[:, joints]))
         transform = world[:, :, 0]
         scale = transform[..., :3, 0].norm(dim=-1, keepdim=True)
         return transform, torch.cat((transform[..., :3, 3], world[:, :, 1, :, 3], scale), dim=-1)
@@ -315,20 +315,32 @@ class MHRBody(nn.Module):
         """Joint parameters (B, J, 7) -> global skeleton state (B, J, 8) [t cm, q xyzw, s] in fk_dtype."""
         return self.forward_kinematics(joint_params)[1]
 
-    def pose_correctives(self, joint_params: torch.Tensor) -> torch.Tensor:
-        """Joint parameters (B, J, 7) -> corrective vertex offsets (B, V, 3) in cm."""
+    def pose_correctives(self, joint_params: torch.Tensor, vertices: VertexSubset | None = None) -> torch.Tensor:
+        """Joint parameters (B, J, 7) -> corrective vertex offsets (B, V, 3) in cm (of `vertices` only if given)."""
+        rig = self if vertices is None else vertices
         rot = roma.unitquat_to_rotmat(euler_xyz_to_quat(joint_params[:, _NUM_GLOBAL_JOINTS:, 3:6]))
         features = torch.cat((rot[..., :, 0], rot[..., :, 1]), dim=-1) - self.corrective_feature_offset
         hidden = F.relu(F.linear(features.flatten(1), self.corrective_in_weight))
-        return F.linear(hidden, self.corrective_out_weight).view(joint_params.shape[0], self.num_vertices, 3)
+        return F.linear(hidden, rig.corrective_out_weight).view(joint_params.shape[0], rig.num_vertices, 3)
 
-    def skin(self, world: torch.Tensor, rest_vertices: torch.Tensor) -> torch.Tensor:
-        """Linear blend skinning of rest vertices (B, V, 3) by world transforms (B, J, 4, 4) -> (B, V, 3)."""
+    def skin(self, world: torch.Tensor, rest_vertices: torch.Tensor,
+             vertices: VertexSubset | None = None) -> torch.Tensor:
+        """Linear blend skinning of rest vertices (B, V, 3) by world transforms (B, J, 4, 4) -> (B, V, 3).
+
+        With `vertices`, rest_vertices (B, S, 3) are those of the subset. The per-vertex 3x4 transform is applied as
+        broadcast multiply-adds (a batched matmul of B*V tiny matrices runs as slow small-tile GEMMs on the GPU).
+        """
+        rig = self if vertices is None else vertices
         bind = self.inverse_bind_pose.to(world.dtype)
         bind_linear = roma.unitquat_to_rotmat(F.normalize(bind[:, 3:7], dim=-1)) * bind[:, 7:8, None]
-        skinning = (world @ _affine(bind_linear, bind[:, :3]))[..., :3, :].to(rest_vertices.dtype)  # (B, J, 3, 4)
-        blended = (self.skin_weights @ skinning.flatten(2)).view(*rest_vertices.shape, 4)  # (B, V, 3, 4)
-        return (blended[..., :3] @ rest_vertices[..., None]).squeeze(-1) + blended[..., 3]
+        skinning = _matmul4(world, _affine(bind_linear, bind[:, :3]))[..., :3, :]  # (B, J, 3, 4)
+        skinning = skinning.to(rest_vertices.dtype)
+        blended = (rig.skin_weights @ skinning.flatten(2)).view(*rest_vertices.shape, 4)  # (B, V, 3, 4)
+        return (blended[..., :3] * rest_vertices[..., None, :]).sum(-1) + blended[..., 3]
+
+    def vertex_subset(self, index: torch.Tensor) -> VertexSubset:
+        """The rig rows of vertices `index` (S,) int64, for `forward(..., vertices=...)` (built once, not per call)."""
+        return VertexSubset(self, index)
 
     def forward(
         self,
@@ -336,21 +348,50 @@ class MHRBody(nn.Module):
         model_params: torch.Tensor,
         expr: torch.Tensor | None = None,
         apply_correctives: bool = True,
+        vertices: VertexSubset | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(identity (B|1, 45), model_params (B, 204), expr (B|1, 72) | None) -> (verts (B,V,3) cm, skel (B,J,8))."""
+        """(identity (B|1, 45), model_params (B, 204), expr (B|1, 72) | None) -> (verts (B,V,3) cm, skel (B,J,8)).
+
+        With `vertices` (from `vertex_subset`), blend shapes, correctives and skinning run on those S vertices only
+        and verts is (B,S,3): the same values as the full mesh's rows `vertices.index`, at a fraction of the cost.
+        """
+        rig = self if vertices is None else vertices
         dtype = self.base_shape.dtype
         batch = model_params.shape[0]
         model_params = model_params.to(dtype)
         if expr is None:
             expr = model_params.new_zeros(batch, self.num_expr)
         coeffs = torch.cat((identity.to(dtype).expand(batch, -1), expr.to(dtype).expand(batch, -1)), dim=1)
-        rest = (self.base_shape + coeffs @ self.blend_directions).view(batch, self.num_vertices, 3)
+        rest = (rig.base_shape + coeffs @ rig.blend_directions).view(batch, rig.num_vertices, 3)
         joint_params = self.joint_parameters(model_params)
         world, skel_state = self.forward_kinematics(joint_params)
         if apply_correctives:
-            rest = rest + self.pose_correctives(joint_params)
-        return self.skin(world, rest), skel_state.to(dtype)
+            rest = rest + self.pose_correctives(joint_params, vertices)
+        return self.skin(world, rest, vertices), skel_state.to(dtype)
 
+
+class VertexSubset(nn.Module):
+    """The vertex-dependent rig tensors of MHRBody restricted to vertices `index` (non-persistent buffers).
+
+    Rows of the rest shape, blend shapes, skin weights and of the pose-corrective output layer (3 per vertex), so an
+    MHR evaluation on the subset reads S/V of those tensors.
+    """
+
+    def __init__(self, body: MHRBody, index: torch.Tensor) -> None:
+        super().__init__()
+        index = index.to(device=body.base_shape.device, dtype=torch.int64)
+        rows = (index[:, None] * 3 + torch.arange(3, device=index.device)).reshape(-1)  # x, y, z rows per vertex
+        self.num_vertices = index.shape[0]
+        self.register_buffer("index", index, persistent=False)
+        self.register_buffer("base_shape", body.base_shape[rows], persistent=False)
+        self.register_buffer("blend_directions", body.blend_directions[:, rows].contiguous(), persistent=False)
+        self.register_buffer("skin_weights", body.skin_weights[index], persistent=False)
+        self.register_buffer("corrective_out_weight", body.corrective_out_weight[rows], persistent=False)
+
+
+def _matmul4(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Products of stacks of 4x4 matrices (..., 4, 4) as broadcast multiply-adds (batched 4x4 GEMMs are slow on GPU)."""
+    return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic rig: same structure and conventions as the real asset, deterministic, any size.
