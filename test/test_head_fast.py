@@ -85,6 +85,21 @@ def test_mhr_on_a_vertex_subset_equals_the_full_mesh_rows() -> None:
         torch.testing.assert_close(skel, full_skel)
 
 
+def test_fk_takes_log2_depth_steps_and_matches_float64() -> None:
+    """FK by pointer doubling: 4 steps for MHR's depth-15 tree; float32 agrees with float64 FK (whose agreement with
+    the per-joint numpy reference test_mhr.py checks to 1e-9)."""
+    rig = synthetic_rig(TINY.mhr, seed=1)
+    body = MHRBody(rig)
+    assert sum(name.startswith("fk_ancestor_") for name, _ in body.named_buffers()) == 4
+    params = 0.5 * torch.randn(3, body.num_model_params, generator=torch.Generator().manual_seed(8))
+    joint_params = body.joint_parameters(params)
+    world, skel = body.forward_kinematics(joint_params)
+    world64, skel64 = MHRBody(rig, fk_dtype=torch.float64).forward_kinematics(joint_params)
+    torch.testing.assert_close(world.double(), world64, atol=1e-4, rtol=0)  # cm
+    torch.testing.assert_close(skel[..., 3:7].double(), skel64[..., 3:7], atol=2e-6, rtol=0)  # quaternion
+    torch.testing.assert_close(skel[..., 7].double(), skel64[..., 7], atol=0, rtol=2e-6)  # scale
+
+
 def test_keypoint_vertex_subset_is_what_the_mapping_uses() -> None:
     hp = random_head(TINY, seed=0).head_pose
     rows = hp.keypoint_mapping[:70]
@@ -152,3 +167,14 @@ def test_fast_head_equals_plain_head_loaded_checkpoint(tmp_path) -> None:
     head = load_checkpoint(ckpt.path).head.eval()
     assert head.head_pose.keypoint_rig is not None  # prepared by loading
     assert_fast_equals_plain(head, 3)
+
+
+def test_fast_head_exports_as_one_graph() -> None:
+    """torch.export traces the whole fast head: no host syncs or data-dependent shapes (CUDA-graph capturable)."""
+    head = random_head(TINY, seed=1).eval()
+    inputs = head_inputs(TINY, 2, CPU)
+    program = torch.export.export(head, inputs)
+    with torch.inference_mode():
+        got, want = program.module()(*inputs), head(*inputs)
+    for name in OUTPUT_FIELDS:
+        torch.testing.assert_close(got[name], want[name], msg=name)
