@@ -69,7 +69,7 @@ def test_stream_of_100_frames_at_30hz():
         print(f"stream counters: {n}")
         # How many of the 100 images reach the node depends on how often the busy 2-core machine lets the
         # executor take them before the next one overwrites them (depth 1); a fair share must, none twice.
-        assert 20 <= synced and synced + n["unmatched_detections"] <= len(sent)
+        assert 10 <= synced and synced + n["unmatched_detections"] <= len(sent)
         assert processed + dropped == synced
         assert dropped > 0 and processed >= 2  # the tiny model on 2 CPU cores is slower than 30 Hz
         # Newest frame only: the last frame is answered within about two frame times, not after a backlog.
