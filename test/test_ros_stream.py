@@ -72,8 +72,10 @@ def test_stream_of_100_frames_at_30hz():
         assert 10 <= synced and synced + n["unmatched_detections"] <= len(sent)
         assert processed + dropped == synced
         assert dropped > 0 and processed >= 2  # the tiny model on 2 CPU cores is slower than 30 Hz
-        # Newest frame only: the last frame is answered within about two frame times, not after a backlog.
-        assert latency < 3 * float(d["total_ms"]) / 1000 + 0.5, latency
+        # Newest frame only: the last frame is answered after a few frame times, not after the backlog of all
+        # the frames dropped here (dropped x total_ms, e.g. 29 x 0.27 s = 8 s). Delivery of the last messages
+        # under a loaded 2-core run has been seen to take ~2 s, hence the margin.
+        assert latency < 8 * float(d["total_ms"]) / 1000 + 1.0, latency
         answered = {Probe.stamp_of(m) for m in probe.received["bodies"]} & set(sent)
         assert len(answered) == processed and sent[-1] in answered
         assert after_rss - before_rss < 50.0, (before_rss, after_rss)
