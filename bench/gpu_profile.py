@@ -18,7 +18,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_body_ros.core.backbone import build_backbone  # noqa: E402
+from sam3d_body_ros.core.backbone import build_backbone, set_layer_scale  # noqa: E402
 from sam3d_body_ros.core.config import get_config  # noqa: E402
 from sam3d_body_ros.runtime.torch_backend import TorchBackend  # noqa: E402
 from sam3d_body_ros.runtime.torch_int8_backend import TorchInt8Backend  # noqa: E402
@@ -66,13 +66,6 @@ def sdpa(batches: list[int]) -> list[dict]:
     return rows
 
 
-def fidelity_weights(module: torch.nn.Module, gamma: float, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for name, p in module.named_parameters():
-        if name.endswith(("gamma_1", "gamma_2")):
-            p.data.fill_(gamma)
-        elif name.endswith(("q_bias", "v_bias")):
-            p.data.copy_(torch.randn(p.shape, generator=g) * 0.02)
 
 
 def main() -> int:
@@ -90,7 +83,7 @@ def main() -> int:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     base = build_backbone(get_config("full"))
-    fidelity_weights(base, 0.1)
+    set_layer_scale(base, 0.1, seed=1)
     x8 = torch.randn(8, 3, 512, 512, device=dev)
     makers = {
         "bf16-blocks": lambda m: TorchBackend(m, dev, "bf16", compile="blocks", cuda_graphs=False, compile_mode="default"),

@@ -53,3 +53,17 @@ def build_backbone(cfg: ModelConfig, device: str | torch.device = "cpu") -> DINO
 def count_params(module: nn.Module) -> int:
     """Number of learnable parameters (works on the meta device)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def set_layer_scale(backbone: DINOv3Backbone, layer_scale: float, seed: int) -> None:
+    """Make random weights non-trivial: every block's layer-scale set to `layer_scale`, q/v biases random.
+
+    timm's random init uses layer-scale 1e-5, which turns each block into ~identity and hides reduced-precision error.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for blk in backbone.encoder.blocks:
+            blk.gamma_1.fill_(layer_scale)
+            blk.gamma_2.fill_(layer_scale)
+            for bias in (blk.attn.q_bias, blk.attn.v_bias):
+                bias.copy_(0.02 * torch.randn(bias.shape, generator=gen))

@@ -85,17 +85,11 @@ def fidelity_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
 
     timm's 1e-5 layer-scale init makes each block ~identity and would hide reduced-precision error.
     """
-    from ..core.backbone import build_backbone
+    from ..core.backbone import build_backbone, set_layer_scale
 
     torch.manual_seed(seed)
     module = build_backbone(cfg)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in module.encoder.named_parameters():
-            if name.endswith(("gamma_1", "gamma_2")):
-                p.fill_(0.1)
-            elif name.endswith(("q_bias", "v_bias")):
-                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+    set_layer_scale(module, 0.1, seed + 1)
     return module.encoder.state_dict()
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.backbone import DINOv3Backbone, build_backbone
+from ..core.backbone import DINOv3Backbone, build_backbone, set_layer_scale
 from ..core.config import ModelConfig
 
 INPUT_NAME = "crops"
@@ -36,13 +36,7 @@ def export_backbone(
             raise ValueError("layer_scale only applies to random weights, not to a loaded checkpoint")
         module.load_timm_state(backbone_state)
     elif layer_scale is not None:
-        gen = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for blk in module.encoder.blocks:
-                blk.gamma_1.fill_(layer_scale)
-                blk.gamma_2.fill_(layer_scale)
-                for bias in (blk.attn.q_bias, blk.attn.v_bias):
-                    bias.copy_(0.02 * torch.randn(bias.shape, generator=gen))
+        set_layer_scale(module, layer_scale, seed + 1)
     return module.eval()
 
 
