@@ -3,10 +3,19 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
+from .camera import project_points
 from .keypoints import SKELETON_EDGES
 
 PERSON_COLORS = [(80, 170, 255), (255, 140, 60), (110, 220, 110), (230, 90, 200), (240, 220, 80)]
+
+
+def project(points_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Camera-frame points (..., 3) -> image px (..., 2) through `camera.project_points`."""
+    pts = torch.from_numpy(np.ascontiguousarray(points_cam, dtype=np.float64)).reshape(1, -1, 3)
+    uv = project_points(pts, torch.from_numpy(np.asarray(K, dtype=np.float64))[None])
+    return uv.reshape(*points_cam.shape[:-1], 2).numpy()
 
 
 def _shade(vertices: np.ndarray, faces: np.ndarray, light: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +52,7 @@ def overlay(image_rgb: np.ndarray, vertices_cam: np.ndarray, faces: np.ndarray, 
     out = image_rgb.copy()
     mesh = out.copy()
     for i, v in enumerate(vertices_cam):
-        z = np.clip(v[:, 2:3], 1e-3, None)
-        uv = (v[:, :2] / z) * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+        uv = project(np.concatenate([v[:, :2], np.clip(v[:, 2:3], 1e-3, None)], axis=1), K)
         if np.isfinite(uv).all():
             draw_mesh(mesh, uv, v, faces, PERSON_COLORS[i % len(PERSON_COLORS)])
     out = cv2.addWeighted(mesh, alpha, out, 1 - alpha, 0)

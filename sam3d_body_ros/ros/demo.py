@@ -121,7 +121,9 @@ def meshes_from_markers(msg) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
 
 def projected_bounds(verts: np.ndarray, K: np.ndarray) -> np.ndarray:
     """xyxy image bounds of each person's projected mesh."""
-    uv = verts[..., :2] / verts[..., 2:3] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+    from ..core.render import project
+
+    uv = project(verts, K)
     return np.concatenate([uv.min(axis=1), uv.max(axis=1)], axis=1)
 
 
@@ -142,7 +144,7 @@ def picture(photo_rgb: np.ndarray, verts: np.ndarray, faces: np.ndarray, segment
 
     left = render.overlay(photo_rgb, verts, faces, K, None, boxes if len(verts) else None)
     for i, seg in enumerate(segments):
-        uv = seg[..., :2] / seg[..., 2:3] * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+        uv = render.project(seg, K)
         for a, b in np.round(uv).astype(int):
             cv2.line(left, tuple(a), tuple(b), (255, 255, 255), 2, cv2.LINE_AA)
     if not len(verts):
