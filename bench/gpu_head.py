@@ -32,10 +32,16 @@ def main() -> int:
             inp = head_inputs(cfg, persons, dev)
             head(*inp)
             torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            with profile(activities=[ProfilerActivity.CUDA], record_shapes=True) as prof:
                 head(*inp)
                 torch.cuda.synchronize()
             ka = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+            ops = sorted((e for e in prof.key_averages(group_by_input_shape=True) if e.device_time_total > 0),
+                         key=lambda e: -e.device_time_total)
+            res["profile"][f"{persons}_ops"] = [{"op": e.key, "shapes": str(e.input_shapes)[:160], "calls": e.count,
+                                                 "ms": e.device_time_total / 1000} for e in ops[:25]]
+            for e in ops[:25]:
+                print(f"   op {e.device_time_total/1000:7.3f} ms {e.count:4d}x {e.key} {str(e.input_shapes)[:120]}")
             total = sum(e.device_time_total for e in ka)
             kernels = sum(e.count for e in ka)
             top = [{"name": e.key[:100], "calls": e.count, "ms": e.device_time_total / 1000} for e in ka[:15]]
@@ -43,7 +49,9 @@ def main() -> int:
             print(f"== head eager {persons}p: {kernels} kernels, GPU busy {total/1000:.2f} ms", flush=True)
             for t in top:
                 print(f"   {t['ms']:7.3f} ms {t['calls']:5d}x {t['name']}")
-        paths = {"graph": make_runner(head, dev, compile=False), "compile+graph": make_runner(head, dev, compile=True)}
+        paths = {"graph": make_runner(head, dev, compile=False)}
+        if "--no-compile" not in sys.argv:
+            paths["compile+graph"] = make_runner(head, dev, compile=True)
         for persons in (1, 8):
             inp = head_inputs(cfg, persons, dev)
             ref = head(*inp)

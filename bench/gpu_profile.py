@@ -86,9 +86,9 @@ def main() -> int:
     set_layer_scale(base, 0.1, seed=1)
     x8 = torch.randn(8, 3, 512, 512, device=dev)
     makers = {
-        "bf16-blocks": lambda m: TorchBackend(m, dev, "bf16", compile="blocks", cuda_graphs=False, compile_mode="default"),
-        "bf16-blocks-nofuse": lambda m: TorchBackend(m, dev, "bf16", compile="blocks", cuda_graphs=False, compile_mode="default", fuse=False),
-        "fp8-blocks": lambda m: TorchInt8Backend(m, dev, "fp8", compile="blocks", cuda_graphs=False, compile_mode="default"),
+        "bf16-blocks": lambda m: TorchBackend(m, dev, "bf16", compile="regions", cuda_graphs=False, compile_mode="default"),
+        "bf16-blocks-nofuse": lambda m: TorchBackend(m, dev, "bf16", compile="regions", cuda_graphs=False, compile_mode="default", fuse=False),
+        "fp8-blocks": lambda m: TorchInt8Backend(m, dev, "fp8", compile="regions", cuda_graphs=False, compile_mode="default"),
     }
     from torch.profiler import ProfilerActivity, profile
 

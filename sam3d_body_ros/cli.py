@@ -26,8 +26,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, help="upstream checkpoint dir (model.ckpt, model_config.yaml, assets/mhr_model.pt)")
     p.add_argument("--backend", default="torch", help="backbone runtime: torch, torch-int8, onnxruntime, tensorrt, pt2")
     p.add_argument("--backbone-file", type=Path, help="backbone artifact for onnxruntime/tensorrt/pt2 (.onnx, .engine, .pt2)")
-    p.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 (torch), int8 (torch-int8/onnxruntime/tensorrt)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--precision", default="auto",
+                   help="auto (backend default for the device: fp16/fp32 torch, fp8/int8 torch-int8), fp32, bf16, fp16, "
+                        "fp8, int8")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda[:N]")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights when --weights is not given")
 
 

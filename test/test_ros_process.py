@@ -75,8 +75,9 @@ def test_separate_process_answers_and_reports_missing_weights(remote):
 
 def test_switches_and_filters_from_the_params_file(remote):
     proc, probe, stamps, log = remote
+    # (discovery may still be running when this test is the first to use the node)
+    assert wait_for(lambda: probe.count_publishers("/sam3d_body/joints") == 1, 30.0)
     assert probe.count_publishers("/sam3d_body/keypoints") == 0  # publish_keypoints: false
-    assert probe.count_publishers("/sam3d_body/joints") == 1
     # score_threshold 0.5 drops the 0.3 box; class_ids "person" drops the "dog" box.
     boxes = np.array([[120.0, 20.0, 440.0, 512.0], [170.0, 20.0, 330.0, 210.0], [10.0, 10.0, 100.0, 200.0]])
     got = resend_until(probe, lambda: _mixed(probe, next(stamps), boxes), 20.0, ("bodies",))

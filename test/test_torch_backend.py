@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -57,8 +58,8 @@ def test_bench_command_writes_json_and_table(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "sam3d_body_ros", "bench", "--config", "tiny", "--device", "cpu", "--warmup", "1",
            "--iters", "2", "--batches", "1,2", "--decoder-persons", "2", "--pipeline-persons", "1",
            "--memory-persons", "1", "--backends", "torch:fp32,torch-int8:int8", "--pipeline-backend", "torch:fp32",
-           "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+           "--node-persons", "1", "--node-rate", "5", "--node-duration", "3", "--node-warmup", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert [(b["backend"], b["precision"], b["batch"]) for b in r["backbone"]] == [
@@ -70,4 +71,32 @@ def test_bench_command_writes_json_and_table(tmp_path: Path) -> None:
     assert all(b["feature_rel_l2_vs_fp32"] == 0.0 for b in torch_fp32)  # same eager fp32 module on CPU
     assert [(d["path"], d["persons"]) for d in r["decoder"]] == [("eager", 2)]
     assert [p["persons"] for p in r["pipeline"]] == [1] and r["pipeline"][0]["median_ms"] > 0
-    assert "median ms" in proc.stdout and "pipeline" in proc.stdout
+    assert "median ms" in proc.stdout and "pipeline" in proc.stdout and "node (DDS)" in proc.stdout
+    check_node_rows(r)
+
+
+def check_node_rows(r: dict) -> None:
+    """The node bench (its own node process over loopback DDS, 5 Hz for 3 s) merged into the bench JSON."""
+    run = r["node_run"]
+    assert run["config"] == "tiny" and run["backend"] == "torch" and run["precision"] == "fp32"
+    [row] = r["node"]
+    assert row["persons"] == 1 and row["sent"] == 15
+    assert 0 < row["answered"] <= row["sent"] and row["drops"] == row["sent"] - row["answered"]
+    assert 0 <= row["dropped_busy"] <= row["drops"]
+    assert row["node_counters"]["frames_processed"] == row["answered"]
+    assert 0 < row["rate_hz"] <= 5.5
+    for key in ("median_ms", "p95_ms", "max_ms", "bodies_median_ms"):
+        assert math.isfinite(row[key]) and row[key] > 0, (key, row[key])
+    assert row["median_ms"] <= row["p95_ms"] <= row["max_ms"]
+    assert row["node_stage_ms"]["total"] > 0
+    # The node process was stopped (cleanly, by SIGINT) before the bench returned.
+    assert run["node_exit_code"] == 0
+    assert not node_running(run["node_pid"])
+
+
+def node_running(pid: int) -> bool:
+    """True while a process with this pid runs the node module (a reused pid runs something else)."""
+    try:
+        return b"sam3d_body_ros.ros.node" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

@@ -34,6 +34,11 @@ class DINOv3Backbone(nn.Module):
         n, _, c = tokens.shape
         return tokens.transpose(1, 2).reshape(n, c, self.grid, self.grid)
 
+    def compile_regions(self, mode: str = "default") -> None:
+        """torch.compile each transformer block in place (regional compilation: one compile serves all blocks)."""
+        for blk in self.encoder.blocks:
+            blk.compile(mode=mode, fullgraph=True)
+
     def load_timm_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a state dict in timm naming strictly, listing missing/unexpected keys on mismatch."""
         missing, unexpected = self.encoder.load_state_dict(state, strict=False)

@@ -80,6 +80,15 @@ class SAM3DBodyHead(nn.Module):
         self.keypoint3d_embedding = nn.Embedding(k, d)
         self.keypoint3d_posemb_linear = FFN(3, d, d)
 
+    def compile_regions(self, mode: str = "default") -> None:
+        """torch.compile the parts that repeat, in place: each decoder layer, the per-layer prediction (heads + MHR)
+        and the keypoint-token update (a few small graphs instead of one 7,000-op graph: compiles in a fraction of
+        the time, and the same code runs them)."""
+        for layer in self.decoder.layers:
+            layer.compile(mode=mode, fullgraph=True)
+        self.predict = torch.compile(self.predict, mode=mode, fullgraph=True)
+        self.update_keypoint_tokens = torch.compile(self.update_keypoint_tokens, mode=mode, fullgraph=True)
+
     @property
     def faces(self) -> torch.Tensor:
         """Mesh triangles (F,3) int64 of `pred_vertices` (checkpoint `head_pose.faces`)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,6 +13,9 @@ from .camera import default_intrinsics
 from .config import ModelConfig, get_config
 from .crop import prepare_crops
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from ..runtime.backend import BackboneBackend
 
 STAGES = ("crop", "backbone", "decoder", "total")
 
@@ -24,8 +28,8 @@ class PipelineSettings:
     backend: str = "torch"
     weights_dir: str | Path | None = None
     backbone_file: str | Path | None = None
-    device: str = "cpu"
-    precision: str = "fp32"
+    device: str = "auto"  # cuda when a GPU is usable, else cpu
+    precision: str = "auto"  # the backend's default for the device (runtime.backend.AUTO_PRECISION)
     seed: int = 0
 
 
@@ -59,12 +63,14 @@ def check_intrinsics(K: np.ndarray | None, width: int, height: int) -> np.ndarra
 class BodyPipeline:
     """Crops -> backbone backend -> decoder/heads/MHR; one instance per model, reused across frames."""
 
-    def __init__(self, settings: PipelineSettings = PipelineSettings()) -> None:
-        from ..runtime.backend import create_backend
+    def __init__(self, settings: PipelineSettings = PipelineSettings(), backend: BackboneBackend | None = None) -> None:
+        """`backend`: an already built backbone backend to use instead of building one from `settings` (the bench
+        shares the one it has just timed)."""
+        from ..runtime.backend import create_backend, resolve_device
         from .checkpoint import load_checkpoint, random_head
 
         self.settings = settings
-        self.device = torch.device(settings.device)
+        self.device = resolve_device(settings.device)
         if settings.weights_dir:
             loaded = load_checkpoint(Path(settings.weights_dir))
             self.cfg: ModelConfig = loaded.cfg
@@ -73,11 +79,11 @@ class BodyPipeline:
             self.cfg = get_config(settings.model_config)
             head, backbone_state = random_head(self.cfg, seed=settings.seed), None
         self.weights_status: str = head.weights_description
-        self.backend = create_backend(
+        self.backend = backend or create_backend(
             settings.backend,
             self.cfg,
             device=self.device,
-            precision=settings.precision,
+            precision=settings.precision,  # "auto" resolved by create_backend
             backbone_state=backbone_state,
             backbone_file=settings.backbone_file,
             seed=settings.seed,
@@ -86,9 +92,17 @@ class BodyPipeline:
         self.head = head.to(self.device).eval()
         from ..runtime.torch_backend import make_runner
 
-        # CUDA: one CUDA graph per batch bucket (compiling the head costs minutes for little gain)
-        self.run_head = make_runner(self.head, self.device, compile=False)
+        # CUDA: compiled decoder layers / predictions / token updates, TF32 GEMMs, one CUDA graph per batch size.
+        on_cuda = self.device.type == "cuda"
+        self.run_head = make_runner(self.head, self.device, compile="regions" if on_cuda else False, tf32=on_cuda)
         self.faces = self.head.faces.cpu().numpy().astype(np.int64)
+
+    def warm_up(self, max_persons: int = 8) -> None:
+        """Run one synthetic frame per person count 1..max_persons, so that compilation and CUDA-graph capture
+        happen now rather than on the first real frames (minutes the first time on CUDA, cached on disk after)."""
+        image = np.full((480, 640, 3), 127, np.uint8)
+        for n in range(1, max_persons + 1):
+            self.infer(image, np.tile([[220.0, 40.0, 420.0, 440.0]], (n, 1)))
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

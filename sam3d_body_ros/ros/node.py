@@ -30,8 +30,9 @@ NODE_NAME = "sam3d_body"
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "model_config": ("tiny", "model size without weights_dir: tiny (fast, for tests/demo) or full (840M backbone)"),
     "backend": ("torch", "backbone runtime: torch, torch-int8, onnxruntime, tensorrt, pt2"),
-    "precision": ("fp32", "backbone precision: fp32, bf16, fp16, int8 (backend dependent)"),
-    "device": ("cpu", "torch device: cpu or cuda[:N]"),
+    "precision": ("auto", "backbone precision: auto (backend default for the device), fp32, bf16, fp16, fp8, int8"),
+    "device": ("auto", "torch device: auto (cuda if usable, else cpu), cpu or cuda[:N]"),
+    "warm_up": (True, "on CUDA, compile and capture every person count up to max_persons (<= 8) before serving"),
     "weights_dir": ("", "upstream checkpoint dir (model.ckpt, model_config.yaml, assets/mhr_model.pt); empty: random"),
     "backbone_file": ("", "backbone artifact for onnxruntime/tensorrt/pt2 (.onnx, .engine, .pt2)"),
     "engine_cache_dir": ("", "TensorRT engine cache dir (empty: $SAM3D_BODY_ENGINE_CACHE or ~/.cache/...)"),
@@ -151,6 +152,13 @@ class MeshNode(Node):
             self.health.error = self.weights_problem
         self.get_logger().info(f"model {pipe.cfg.name}, backend {pipe.backend_name} on {pipe.device}; "
                                f"{pipe.weights_status}")
+        if p["warm_up"] and pipe.device.type == "cuda":
+            n = min(p["max_persons"] or 8, 8)
+            self.get_logger().info(f"warming up 1..{n} persons (compile + CUDA graphs; first start takes minutes, "
+                                   f"later starts reuse the compile cache)")
+            t0 = time.monotonic()
+            pipe.warm_up(n)
+            self.get_logger().info(f"warm-up done in {time.monotonic() - t0:.1f} s")
 
     # ---------------------------------------------------------------- inputs
     def _warn(self, kind: str, message: str) -> None:

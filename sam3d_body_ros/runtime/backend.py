@@ -18,6 +18,35 @@ BACKENDS: dict[str, str] = {
     "torch-int8": "sam3d_body_ros.runtime.torch_int8_backend",
 }
 
+# precision "auto" -> (on CUDA, on CPU). torch on CUDA: fp16 runs at bf16's speed with ~8x lower feature error
+# (bench/RESULTS.md); torch-int8 on CUDA: fp8 where the GPU has it (compute capability >= 8.9), else int8.
+AUTO_PRECISION: dict[str, tuple[str, str]] = {
+    "torch": ("fp16", "fp32"),
+    "torch-int8": ("fp8", "int8"),
+    "onnxruntime": ("fp32", "fp32"),
+    "pt2": ("fp32", "fp32"),
+    "tensorrt": ("fp16", "fp16"),
+}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> cuda when a GPU is usable, else cpu; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(name: str, precision: str, device: torch.device) -> str:
+    """"auto" -> the backend's default on `device` (AUTO_PRECISION); anything else as given."""
+    if precision != "auto":
+        return precision
+    on_cuda, on_cpu = AUTO_PRECISION[name]
+    if device.type != "cuda":
+        return on_cpu
+    if on_cuda == "fp8" and torch.cuda.get_device_capability(device) < (8, 9):
+        return "int8"
+    return on_cuda
+
 
 @runtime_checkable
 class BackboneBackend(Protocol):
@@ -35,19 +64,20 @@ def create_backend(
     cfg: ModelConfig,
     *,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     backbone_state: dict[str, torch.Tensor] | None = None,
     backbone_file: str | Path | None = None,
     seed: int = 0,
 ) -> BackboneBackend:
-    """Instantiate the backend called `name`; raise ValueError listing the known names otherwise."""
+    """Instantiate the backend called `name` ("auto" device/precision resolved); ValueError for an unknown name."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
     module = importlib.import_module(BACKENDS[name])
+    device = resolve_device(device)
     return module.create(
         cfg,
-        device=torch.device(device),
-        precision=precision,
+        device=device,
+        precision=resolve_precision(name, precision, device),
         backbone_state=backbone_state,
         backbone_file=Path(backbone_file) if backbone_file else None,
         seed=seed,

@@ -179,6 +179,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     del reference, ref_module
     rows = []
     specs = [("torch-eager", "bf16")] + parse_backends(args.backends)
+    pipeline_spec = parse_backends(args.pipeline_backend)[0]
+    pipeline_backend = None
     for name, precision in specs:
         t0 = time.perf_counter()
         try:
@@ -201,19 +203,21 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(row)
             log(f"backbone {name}/{precision} b{b}: {row['median_ms']:.2f} ms, rel L2 {row['feature_rel_l2_vs_fp32']:.2e}")
         log(f"  ({name}/{precision} built+timed in {time.perf_counter() - t0:.0f}s)")
+        if (name, precision) == pipeline_spec:
+            pipeline_backend = backend  # compiled and captured already: the pipeline runs it
         del backend
         if is_cuda:
             torch.cuda.empty_cache()
     result["backbone"] = rows
     _save(args.out, result)
 
-    # ---- decoder + MHR (body mode): eager and the fast path ----
+    # ---- decoder + MHR (body mode): eager, graph replay, and the pipeline's path (compiled regions, TF32, graph) ----
     head = random_head(cfg, seed=args.seed).to(device).eval()
     paths: dict[str, Callable[..., Any]] = {"eager": head}
     if is_cuda:
-        paths["graph"] = make_runner(head, device, compile=False)  # the pipeline's path
-        if args.head_compile:
-            paths["compile+graph"] = make_runner(head, device, compile=True)
+        paths["graph"] = make_runner(head, device, compile=False)
+        paths["compiled+graph+tf32"] = make_runner(random_head(cfg, seed=args.seed).to(device).eval(), device,
+                                                   compile="regions", tf32=True)  # the pipeline's path on CUDA
     dec_rows = []
     for persons in [int(p) for p in args.decoder_persons.split(",")]:
         inputs = head_inputs(cfg, persons, device)
@@ -227,9 +231,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     first_s = time.perf_counter() - t1
                     st = _stats(timer(lambda: fn(*inputs)), persons)
                 err = max(rel_l2(out[k], ref[k]) for k in ("pred_vertices", "pred_keypoints_3d", "pred_cam_t"))
+                dev_mm = 1000.0 * float((out["pred_vertices"] - ref["pred_vertices"]).norm(dim=-1).max())
                 dec_rows.append({"path": label, "persons": persons, "median_ms": st["median_ms"],
-                                 "p95_ms": st["p95_ms"], "first_call_s": first_s, "rel_l2_vs_eager": err})
-                log(f"decoder+MHR {label} {persons}p: {st['median_ms']:.2f} ms (rel vs eager {err:.1e})")
+                                 "p95_ms": st["p95_ms"], "first_call_s": first_s, "rel_l2_vs_eager": err,
+                                 "max_vertex_dev_mm": dev_mm})
+                log(f"decoder+MHR {label} {persons}p: {st['median_ms']:.2f} ms (first call {first_s:.1f} s, "
+                    f"rel vs eager {err:.1e}, max vertex {dev_mm:.3f} mm)")
             except Exception as e:  # noqa: BLE001 - a failing optional path is reported, the bench goes on
                 dec_rows.append({"path": label, "persons": persons, "error": repr(e)[:300]})
                 log(f"decoder+MHR {label} {persons}p FAILED: {e!r}"[:300])
@@ -243,9 +250,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     pipe_rows: list[dict[str, Any]] = []
     result["pipeline"] = pipe_rows
     try:
-        backend, precision = parse_backends(args.pipeline_backend)[0]
+        backend, precision = pipeline_spec
         pipe = BodyPipeline(PipelineSettings(model_config=cfg.name, backend=backend, device=str(device),
-                                             precision=precision, seed=args.seed))
+                                             precision=precision, seed=args.seed), pipeline_backend)
+        pipeline_backend = None
         sync = (lambda: torch.cuda.synchronize(device)) if is_cuda else (lambda: None)
         persons_list = [int(p) for p in args.pipeline_persons.split(",")]
         for persons in sorted(set(persons_list + [args.memory_persons])):
@@ -271,8 +279,39 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - keep the backbone/decoder numbers when the pipeline fails
         result["pipeline_error"] = repr(e)[:500]
         log(f"pipeline FAILED: {e!r}"[:300])
+    pipe = None
+    if is_cuda:
+        torch.cuda.empty_cache()
+    _save(args.out, result)
+
+    # ---- node end to end over loopback DDS (its own process; needs rclpy and vision_msgs) ----
+    if args.node_persons:
+        node = run_node_bench(args, cfg.name, log)
+        result.update(node)
     result["total_s"] = time.perf_counter() - t_start
     return result
+
+
+def run_node_bench(args: argparse.Namespace, config: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """`sam3d_body_ros.ros.latency_bench` in a subprocess; {"node": rows, "node_run": details} or {"node_error"}."""
+    import sys
+    import tempfile
+
+    backend, precision = parse_backends(args.node_backend or args.pipeline_backend)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "node.json"
+        cmd = [sys.executable, "-m", "sam3d_body_ros.ros.latency_bench", "--config", config, "--device", args.device,
+               "--backend", backend, "--precision", precision, "--rate", str(args.node_rate),
+               "--duration", str(args.node_duration), "--warmup", str(args.node_warmup),
+               "--persons", *args.node_persons.split(","), "--timeout", str(args.node_timeout), "--out", str(out)]
+        log("node: " + " ".join(cmd[2:]))
+        proc = subprocess.run(cmd, text=True, capture_output=True, timeout=args.node_timeout + 60)
+        print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", flush=True)
+        if proc.returncode != 0 or not out.exists():
+            return {"node_error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}"}
+        doc = json.loads(out.read_text())
+    rows = doc.pop("node")
+    return {"node": rows, "node_run": doc}
 
 
 def _save(path: Path, result: dict[str, Any]) -> None:
@@ -297,6 +336,13 @@ def print_table(r: dict[str, Any]) -> None:
     for p in r["pipeline"]:
         stages = " ".join(f"{k} {v:.1f}" for k, v in p["stage_median_ms"].items())
         print(f"{p['backend']:<20}{p['persons']:>5}{p['median_ms']:>11.2f}{p['p95_ms']:>9.2f}  {stages}")
+    if r.get("node"):
+        print(f"{'node (DDS)':<14}{'':<6}{'pers':>5}{'median ms':>11}{'p95 ms':>9}{'rate Hz':>9}{'drops':>7}")
+        for n in r["node"]:
+            print(f"{r['node_run']['backend'] + '/' + r['node_run']['precision']:<20}{n['persons']:>5}"
+                  f"{n['median_ms']:>11.2f}{n['p95_ms']:>9.2f}{n['rate_hz']:>9.2f}{n['drops']:>7}")
+    elif "node_error" in r:
+        print(f"node: not measured ({r['node_error'][:200]})")
     if "peak_gpu_mem_gib" in r:
         print(f"peak GPU memory ({r['peak_gpu_mem_persons']} persons, whole pipeline): {r['peak_gpu_mem_gib']:.2f} GiB")
     print(f"total {r['total_s']:.0f} s")
@@ -326,7 +372,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pipeline-persons", default="1,5")
     p.add_argument("--pipeline-backend", default="torch-int8:fp8", help="backend:precision of the pipeline runs")
     p.add_argument("--memory-persons", type=int, default=8, help="persons of the frame whose peak GPU memory is reported")
-    p.add_argument("--head-compile", action="store_true", help="also time torch.compile + CUDA graph for the head (minutes)")
+    p.add_argument("--node-persons", default="1,5", help="persons counts of the node bench over DDS ('' skips it)")
+    p.add_argument("--node-backend", default="", help="backend:precision of the node (default: the pipeline's)")
+    p.add_argument("--node-rate", type=float, default=30.0)
+    p.add_argument("--node-duration", type=float, default=15.0, help="measured seconds per persons count")
+    p.add_argument("--node-warmup", type=float, default=3.0)
+    p.add_argument("--node-timeout", type=float, default=300.0)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)

@@ -1,8 +1,8 @@
 """`torch` backend: the timm backbone in PyTorch, fp32/bf16/fp16, CPU or CUDA.
 
-On CUDA the default is the fast path: SwiGLU fc1 GEMMs stacked, patchify as a GEMM, torch.compile and one
-CUDA graph per batch bucket (1, 2, 4, 8); `compile=False, cuda_graphs=False, fuse=False` gives the
-plain eager reference (the CPU default).
+On CUDA the default is the fast path: SwiGLU fc1 GEMMs stacked, patchify as a GEMM, torch.compile of each
+transformer block and one CUDA graph per batch size 1..8; `compile=False, cuda_graphs=False, fuse=False` gives the plain eager reference
+(the CPU default).
 """
 from __future__ import annotations
 
@@ -85,17 +85,18 @@ def fuse_swiglu(module: nn.Module) -> int:
     return count
 
 
-def _blocks(module: nn.Module) -> nn.Module | None:
-    return getattr(getattr(module, "encoder", None), "blocks", None)
+def with_tf32(fn: Callable[..., object]) -> Callable[..., object]:
+    """`fn` run with TF32 matmuls/convolutions allowed (restored afterwards); CUDA-graph capture bakes them in."""
 
+    def call(*args: object) -> object:
+        prev = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            return fn(*args)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
 
-def compile_blocks(module: nn.Module, mode: str) -> None:
-    """Regional compilation: compile each transformer block in place (one compile serves all blocks)."""
-    blocks = _blocks(module)
-    if blocks is None:
-        raise ValueError("compile='blocks' needs a module with encoder.blocks")
-    for blk in blocks:
-        blk.compile(mode=mode, dynamic=False, fullgraph=True)
+    return call
 
 
 def make_runner(
@@ -106,24 +107,30 @@ def make_runner(
     cuda_graphs: bool | None = None,
     compile_mode: str = COMPILE_MODE,
     buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+    tf32: bool = False,
 ) -> Callable[..., object]:
-    """Wrap `module` as eager, compiled (True: whole module, "blocks": per transformer block) and/or graph-replayed.
+    """Wrap `module` as eager, compiled (True: whole module, "regions": `module.compile_regions`, i.e. its repeated
+    parts in place) and/or graph-replayed, optionally with TF32 matmuls.
 
-    None means "on when `device` is CUDA". The whole-module compile is the default: on the H100 it ran batch 1
-    ~0.35 ms faster than "blocks" (cross-block fusion), which compiles in about a third of the time.
+    None means "regions" / graphs on when `device` is CUDA, plain eager on the CPU. Regional compilation compiles a
+    few small graphs (one per distinct block) instead of the unrolled model: on the H100 the whole-model compile took
+    ~55 s per batch size for the backbone, its batch-1 time was ~0.35 ms lower (bench/NOTES.md). Compiles use automatic
+    dynamic shapes: batch 1 is compiled static, the first larger batch once with a symbolic batch size that then
+    serves every other bucket.
     """
     on_cuda = device.type == "cuda"
-    compile = on_cuda if compile is None else compile
+    compile = ("regions" if on_cuda else False) if compile is None else compile
     cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
     if cuda_graphs and not on_cuda:
         raise ValueError("CUDA graphs need a CUDA device")
     fn: Callable[..., object] = module
-    if compile == "blocks":
-        compile_blocks(module, compile_mode)
+    if compile == "regions":
+        module.compile_regions(compile_mode)
     elif compile:
-        fn = torch.compile(module, mode=compile_mode, dynamic=False)
+        fn = torch.compile(module, mode=compile_mode)
+    if tf32:
+        fn = with_tf32(fn)
     if compile or cuda_graphs:
-        # Bucketing keeps the compiled shapes to a few static batch sizes.
         return BucketedRunner(fn, buckets, graphs=cuda_graphs)
     return fn
 

@@ -11,7 +11,9 @@ MarkerArray received (matched by header stamp). Drops = frames sent - frames ans
 `frames_dropped_busy` (from /diagnostics) says how many of those reached the node but were skipped because it
 was still busy (the rest were overwritten in the DDS queues before they were synchronised).
 
-    python bench/node_latency.py --config full --device cuda --precision bf16 --out bench/node_results.json
+    python -m sam3d_body_ros.ros.latency_bench --config full --device cuda --out node.json
+
+(`sam3d-body bench` runs it after its in-process measurements and merges the rows into its JSON.)
 
 Prints a table and writes JSON whose list `node` holds {persons, rate_hz, drops, median_ms, p95_ms, ...}, the
 shape of `node` in bench/results.json. The node process is stopped on every exit (normal, error, Ctrl-C,
@@ -36,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding sam3d_body_ros/
 WIDTH, HEIGHT = 1280, 720
 NODE_NS = "/sam3d_body"
 DIAG_PERIOD = 0.5  # s between the node's /diagnostics messages during the bench
@@ -140,7 +142,8 @@ class NodeProcess:
             cmd += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
         self.log_path = log_path
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.pid = self.proc.pid
 
@@ -347,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--config", choices=("tiny", "full"), default="full")
     ap.add_argument("--device", default="cuda", help="cpu or cuda[:N]")
     ap.add_argument("--backend", default="torch")
-    ap.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "fp8"), default="bf16")
+    ap.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8", "fp8"), default="auto")
     ap.add_argument("--rate", type=float, default=30.0, help="publish rate (Hz)")
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per persons count")
     ap.add_argument("--warmup", type=float, default=5.0, help="uncounted streaming seconds before each measurement")
@@ -427,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         doc = run(args)
     except (RuntimeError, TimeoutError) as e:
-        print(f"node_latency: error: {e}", file=sys.stderr)
+        print(f"latency_bench: error: {e}", file=sys.stderr)
         return 1
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
