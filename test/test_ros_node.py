@@ -68,7 +68,7 @@ def points(marker):
 
 def test_outputs_for_two_persons(ros):
     node, probe, stamps = ros
-    assert node.markers_as_cdr  # the fast marker path is the one under test here
+    assert node.cdr_ok  # the fast marker path is the one under test here
     h, out = valid(probe, stamps)
     for name, msg in out.items():
         headers = [m.header for m in msg.markers] if name == "markers" else [msg.header]

@@ -45,9 +45,10 @@ def marker_specs(vertices: np.ndarray | None, faces: np.ndarray | None, keypoint
     for i in range(len(keypoints)):
         if vertices is not None:
             out.append(MarkerSpec(MESH_NS, i, Marker.TRIANGLE_LIST, scale=(1.0, 1.0, 1.0), color=_color(i, 0.8),
-                                  points=np.asarray(vertices[i], np.float64)[faces.reshape(-1)]))
+                                  points=np.take(np.asarray(vertices[i], np.float64), faces.reshape(-1), axis=0)))
         out.append(MarkerSpec(SKELETON_NS, i, Marker.LINE_LIST, scale=(line_width, 0.0, 0.0), color=_color(i, 1.0),
-                              points=np.asarray(keypoints[i], np.float64)[SKELETON_EDGE_ARRAY.reshape(-1)]))
+                              points=np.take(np.asarray(keypoints[i], np.float64), SKELETON_EDGE_ARRAY.reshape(-1),
+                                             axis=0)))
     for i in range(len(keypoints), previous_slots):
         out += [MarkerSpec(MESH_NS, i, action=Marker.DELETE), MarkerSpec(SKELETON_NS, i, action=Marker.DELETE)]
     return out
@@ -67,37 +68,55 @@ def marker_array(header: Header, specs: list[MarkerSpec]) -> MarkerArray:
 
 
 class _CdrWriter:
-    """Little-endian plain CDR (XCDR1, as rmw serialises ROS 2 messages); alignment relative to the body."""
+    """Little-endian plain CDR (XCDR1, as rmw serialises ROS 2 messages); alignment relative to the body.
+
+    Keeps the pieces and joins them once at the end (arrays are referenced, not copied, until then)."""
 
     def __init__(self) -> None:
-        self.buf = bytearray(b"\x00\x01\x00\x00")  # encapsulation: CDR_LE
+        self.parts: list[bytes | memoryview] = [b"\x00\x01\x00\x00"]  # encapsulation: CDR_LE
+        self.size = 0  # body bytes so far
+
+    def _put(self, data: bytes | memoryview) -> None:
+        self.parts.append(data)
+        self.size += len(data)
 
     def align(self, n: int) -> None:
-        self.buf += bytes(-(len(self.buf) - 4) % n)
+        if pad := -self.size % n:
+            self._put(bytes(pad))
 
     def i32(self, *values: int) -> None:
         self.align(4)
-        self.buf += struct.pack(f"<{len(values)}i", *values)
+        self._put(struct.pack(f"<{len(values)}i", *values))
 
     def u32(self, value: int) -> None:
         self.align(4)
-        self.buf += struct.pack("<I", value)
+        self._put(struct.pack("<I", value))
 
     def f32(self, values) -> None:
         self.align(4)
-        self.buf += np.asarray(values, "<f4").tobytes()
+        self._put(np.asarray(values, "<f4").tobytes())
 
     def f64(self, values) -> None:
         self.align(8)
-        self.buf += np.asarray(values, "<f8").tobytes()
+        arr = np.ascontiguousarray(values, "<f8")
+        if arr.size:
+            self._put(memoryview(arr).cast("B"))
 
     def string(self, text: str) -> None:
         data = text.encode()
         self.u32(len(data) + 1)
-        self.buf += data + b"\x00"
+        self._put(data + b"\x00")
 
     def boolean(self, value: bool) -> None:
-        self.buf += b"\x01" if value else b"\x00"
+        self._put(b"\x01" if value else b"\x00")
+
+    def header(self, header: Header) -> None:
+        self.i32(header.stamp.sec)
+        self.u32(header.stamp.nanosec)
+        self.string(header.frame_id)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)
 
 
 def marker_array_cdr(header: Header, specs: list[MarkerSpec]) -> bytes:
@@ -106,9 +125,7 @@ def marker_array_cdr(header: Header, specs: list[MarkerSpec]) -> bytes:
     w = _CdrWriter()
     w.u32(len(specs))
     for sp in specs:
-        w.i32(header.stamp.sec)
-        w.u32(header.stamp.nanosec)
-        w.string(header.frame_id)
+        w.header(header)
         w.string(sp.ns)
         w.i32(sp.id, sp.type, sp.action)
         w.f64((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # pose: identity
@@ -131,7 +148,7 @@ def marker_array_cdr(header: Header, specs: list[MarkerSpec]) -> bytes:
         w.string("")  # mesh_file.filename
         w.u32(0)  # mesh_file.data
         w.boolean(False)  # mesh_use_embedded_materials
-    return bytes(w.buf)
+    return w.getvalue()
 
 
 def pose_array(header: Header, positions: np.ndarray, quats_xyzw: np.ndarray | None = None) -> PoseArray:
@@ -150,6 +167,20 @@ def pose_array(header: Header, positions: np.ndarray, quats_xyzw: np.ndarray | N
     return out
 
 
+def pose_array_cdr(header: Header, positions: np.ndarray, quats_xyzw: np.ndarray | None = None) -> bytes:
+    """The serialized geometry_msgs/PoseArray of (..., 3) positions flattened person-major (identity orientation
+    when no quaternions), for Publisher.publish(bytes)."""
+    pos = np.asarray(positions, np.float64).reshape(-1, 3)
+    quat = np.zeros((len(pos), 4)) if quats_xyzw is None else np.asarray(quats_xyzw, np.float64).reshape(-1, 4)
+    if quats_xyzw is None:
+        quat[:, 3] = 1.0
+    w = _CdrWriter()
+    w.header(header)
+    w.u32(len(pos))
+    w.f64(np.concatenate([pos, quat], axis=1))  # Pose = position xyz + orientation xyzw, all float64
+    return w.getvalue()
+
+
 def bodies(header: Header, vertices: np.ndarray, keypoints: np.ndarray, ids: list[str], class_ids: list[str],
            scores: np.ndarray):
     """Detection3DArray: per person bbox = mesh AABB (camera frame), results[0] = input class/score with
@@ -157,8 +188,10 @@ def bodies(header: Header, vertices: np.ndarray, keypoints: np.ndarray, ids: lis
     from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
     out = Detection3DArray(header=header)
+    coords = np.ascontiguousarray(np.asarray(vertices).transpose(0, 2, 1))  # (N,3,V): reductions over the last axis
+    lows, highs = coords.min(axis=2).astype(np.float64), coords.max(axis=2).astype(np.float64)  # are ~10x faster
     for i in range(len(vertices)):
-        lo, hi = vertices[i].min(axis=0).astype(np.float64), vertices[i].max(axis=0).astype(np.float64)
+        lo, hi = lows[i], highs[i]
         centre, size = (lo + hi) / 2.0, hi - lo
         pelvis = keypoints[i, list(PELVIS_KEYPOINTS)].mean(axis=0).astype(np.float64)
         det = Detection3D(header=header, id=ids[i])

@@ -108,12 +108,12 @@ class MeshNode(Node):
             self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.create_timer(0.02, self._poll_sync)
-        self.markers_as_cdr = cdr_matches_rmw()
-        if self.markers_as_cdr:
-            log.info("markers: serialised with the numpy CDR writer (checked against this rmw)")
+        self.cdr_ok = cdr_matches_rmw()
+        if self.cdr_ok:
+            log.info("markers and pose arrays: serialised with the numpy CDR writer (checked against this rmw)")
         else:
-            log.warning("this rmw serialises MarkerArray differently from the built-in CDR writer; "
-                        "publishing markers as message objects (slower for large meshes)")
+            log.warning("this rmw serialises MarkerArray/PoseArray differently from the built-in CDR writer; "
+                        "publishing message objects (slower for large meshes)")
 
         for k, prof in qos.items():
             log.info(f"QoS {k}: {describe(prof)}")
@@ -265,14 +265,14 @@ class MeshNode(Node):
         if self.pub_markers is not None:
             mesh = verts if self.params["publish_mesh"] else None
             specs = markers.marker_specs(mesh, faces, kps, self._slots, clear_all=self._first_markers)
-            encode = markers.marker_array_cdr if self.markers_as_cdr else markers.marker_array
+            encode = markers.marker_array_cdr if self.cdr_ok else markers.marker_array
             self.pub_markers.publish(encode(header, specs))
             self._slots, self._first_markers = n, False
+        poses = markers.pose_array_cdr if self.cdr_ok else markers.pose_array
         if self.pub_joints is not None:
-            self.pub_joints.publish(markers.pose_array(header, o["pred_joint_coords"] + cam_t,
-                                                       joint_quaternions(o["pred_global_rots"])))
+            self.pub_joints.publish(poses(header, o["pred_joint_coords"] + cam_t, joint_quaternions(o["pred_global_rots"])))
         if self.pub_keypoints is not None:
-            self.pub_keypoints.publish(markers.pose_array(header, kps))
+            self.pub_keypoints.publish(poses(header, kps))
         if self.pub_bodies is not None:
             self.pub_bodies.publish(markers.bodies(header, verts, kps, ids, cls, scores))
 
@@ -292,7 +292,8 @@ class MeshNode(Node):
 
 
 def cdr_matches_rmw() -> bool:
-    """True when markers.marker_array_cdr decodes, through this rmw, to the same MarkerArray as the message path."""
+    """True when the numpy CDR writers (markers.marker_array_cdr, markers.pose_array_cdr) decode, through this rmw,
+    to the same messages as the message-object path."""
     from rclpy.serialization import deserialize_message, serialize_message
 
     rng = np.random.default_rng(0)
@@ -300,11 +301,15 @@ def cdr_matches_rmw() -> bool:
     header.stamp.sec, header.stamp.nanosec = 12, 345
     specs = markers.marker_specs(rng.random((2, 5, 3)), np.array([[0, 1, 2], [2, 3, 4]]), rng.random((2, 70, 3)),
                                  previous_slots=3, clear_all=True)
+    pos, quat = rng.random((2, 4, 3)), rng.random((2, 4, 4))
+    pairs = [(markers.marker_array_cdr(header, specs), markers.marker_array(header, specs), MarkerArray),
+             (markers.pose_array_cdr(header, pos, quat), markers.pose_array(header, pos, quat), PoseArray),
+             (markers.pose_array_cdr(header, pos), markers.pose_array(header, pos), PoseArray)]
     try:
-        fast = deserialize_message(markers.marker_array_cdr(header, specs), MarkerArray)
+        return all(deserialize_message(fast, kind) == deserialize_message(serialize_message(msg), kind)
+                   for fast, msg, kind in pairs)
     except Exception:  # a different wire format fails to decode
         return False
-    return fast == deserialize_message(serialize_message(markers.marker_array(header, specs)), MarkerArray)
 
 
 def joint_quaternions(global_rots: np.ndarray) -> np.ndarray:
