@@ -14,7 +14,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -144,10 +144,10 @@ def resend_until(probe: Probe, send, timeout: float, names=("markers", "joints",
 
 
 class Spinner:
-    """Spins nodes on a MultiThreadedExecutor in a background thread."""
+    """Spins nodes on a SingleThreadedExecutor in a background thread (as the node's own main does)."""
 
     def __init__(self, context: Context, *nodes: Node) -> None:
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         for n in nodes:
             self.executor.add_node(n)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -158,7 +158,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Execute `sam3d-body demo`; returns 0 when the node's markers were received and rendered."""
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Header
@@ -236,7 +236,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 done.set()
         viewer.create_subscription(MarkerArray, "/sam3d_body/markers", on_markers, qos)
 
-        executor = MultiThreadedExecutor(num_threads=4, context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
         for n in (node, source, viewer):
             executor.add_node(n)
         spin = threading.Thread(target=executor.spin, daemon=True)

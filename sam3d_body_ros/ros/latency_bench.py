@@ -179,7 +179,7 @@ class Bench:
 
     def __init__(self, context: Any, recorder: Recorder) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from sensor_msgs.msg import CameraInfo, Image
         from vision_msgs.msg import Detection2DArray, Detection3DArray
@@ -198,7 +198,7 @@ class Bench:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", recorder.on_diagnostics, qos)
         self.image = array_to_image(photo(), "rgb8")
         self.info = CameraInfo(width=WIDTH, height=HEIGHT, k=[float(v) for v in intrinsics().reshape(-1)])
-        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
