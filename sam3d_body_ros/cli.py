@@ -24,7 +24,9 @@ def fail(what: str, path: str | Path | None = None, fix: str | None = None) -> C
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="tiny", choices=["tiny", "full"], help="model dimensions (default tiny)")
     p.add_argument("--weights", type=Path, help="upstream checkpoint dir (model.ckpt, model_config.yaml, assets/mhr_model.pt)")
-    p.add_argument("--backend", default="torch", help="backbone runtime: torch, torch-int8, onnxruntime, tensorrt, pt2")
+    p.add_argument("--backend", default="auto",
+                   help="backbone runtime: auto (torch-int8 on CUDA, torch on CPU), torch, torch-int8, onnxruntime, "
+                        "tensorrt, pt2")
     p.add_argument("--backbone-file", type=Path, help="backbone artifact for onnxruntime/tensorrt/pt2 (.onnx, .engine, .pt2)")
     p.add_argument("--precision", default="auto",
                    help="auto (backend default for the device: fp16/fp32 torch, fp8/int8 torch-int8), fp32, bf16, fp16, "

@@ -100,3 +100,18 @@ def node_running(pid: int) -> bool:
         return b"sam3d_body_ros.ros.node" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def test_auto_backend_device_and_precision_on_a_cpu_machine() -> None:
+    from sam3d_body_ros.runtime.backend import resolve_backend, resolve_device, resolve_precision
+
+    assert resolve_device("auto") == torch.device("cpu")  # CI has no GPU
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_backend("auto", cpu) == "torch" and resolve_backend("auto", cuda) == "torch-int8"
+    assert resolve_backend("onnxruntime", cuda) == "onnxruntime"
+    assert resolve_precision("torch", "auto", cpu) == "fp32" and resolve_precision("torch-int8", "auto", cpu) == "int8"
+    assert resolve_precision("torch", "bf16", cpu) == "bf16"
+    backend = create_backend("auto", TINY, device="auto", precision="auto")
+    assert (backend.name, backend.precision, backend.device.type) == ("torch", "fp32", "cpu")
+    with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
+        create_backend("tensorflow", TINY)

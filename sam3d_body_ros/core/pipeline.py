@@ -25,7 +25,7 @@ class PipelineSettings:
     """What to run: model size, backbone runtime, weights and device."""
 
     model_config: str = "tiny"
-    backend: str = "torch"
+    backend: str = "auto"  # torch-int8 on CUDA, torch on CPU (runtime.backend.resolve_backend)
     weights_dir: str | Path | None = None
     backbone_file: str | Path | None = None
     device: str = "auto"  # cuda when a GPU is usable, else cpu

@@ -349,7 +349,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", choices=("tiny", "full"), default="full")
     ap.add_argument("--device", default="cuda", help="cpu or cuda[:N]")
-    ap.add_argument("--backend", default="torch")
+    ap.add_argument("--backend", default="auto")
     ap.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8", "fp8"), default="auto")
     ap.add_argument("--rate", type=float, default=30.0, help="publish rate (Hz)")
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per persons count")

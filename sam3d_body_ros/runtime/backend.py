@@ -29,6 +29,13 @@ AUTO_PRECISION: dict[str, tuple[str, str]] = {
 }
 
 
+def resolve_backend(name: str, device: torch.device) -> str:
+    """"auto" -> torch-int8 on CUDA (8-bit GEMMs: the fastest measured path, bench/RESULTS.md), torch on CPU."""
+    if name != "auto":
+        return name
+    return "torch-int8" if device.type == "cuda" else "torch"
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """"auto" -> cuda when a GPU is usable, else cpu; anything else as given."""
     if str(device) == "auto":
@@ -69,11 +76,12 @@ def create_backend(
     backbone_file: str | Path | None = None,
     seed: int = 0,
 ) -> BackboneBackend:
-    """Instantiate the backend called `name` ("auto" device/precision resolved); ValueError for an unknown name."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
-    module = importlib.import_module(BACKENDS[name])
+    """Instantiate the backend called `name` ("auto" name/device/precision resolved); ValueError for an unknown name."""
     device = resolve_device(device)
+    name = resolve_backend(name, device)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)} or auto")
+    module = importlib.import_module(BACKENDS[name])
     return module.create(
         cfg,
         device=device,
