@@ -339,6 +339,7 @@ def measure(bench: Bench, rec: Recorder, node: NodeProcess, stamps: Stamps, pers
         "lost_before_sync": len(sent) - answered - delta["frames_dropped_busy"],
         "node_counters": delta,
         "bodies_median_ms": float(np.median(lat_bodies)) if len(lat_bodies) else None,
+        "bodies_p95_ms": float(np.percentile(lat_bodies, 95)) if len(lat_bodies) else None,
         "node_stage_ms": {k[:-3]: float(v) for k, v in diag.items() if k.endswith("_ms")},
         "ready_s": ready_s,
     }

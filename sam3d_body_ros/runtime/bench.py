@@ -365,7 +365,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="time backbone backends, decoder + MHR and the whole pipeline (JSON + table)")
     p.add_argument("--config", default="full", choices=["tiny", "full"])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--backends", default="torch:bf16,torch-int8:fp8",
+    p.add_argument("--backends", default="torch:bf16,torch:fp16,torch-int8:fp8",
                    help="backbone backend:precision list (an eager bf16 reference is always timed first)")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--decoder-persons", default="1,8")
