@@ -67,9 +67,9 @@ def test_stream_of_100_frames_at_30hz():
         n = delta(d)
         synced, processed, dropped = n["frames_synchronized"], n["frames_processed"], n["frames_dropped_busy"]
         print(f"stream counters: {n}")
-        # How many of the 100 images reach the node depends on how often the busy 2-core machine lets the
-        # executor take them before the next one overwrites them (depth 1); a fair share must, none twice.
-        assert 10 <= synced and synced + n["unmatched_detections"] <= len(sent)
+        # Nearly every image must reach the node although inference keeps it busy (95 of 100 seen after the other
+        # node tests; 18-44 while the node spun a MultiThreadedExecutor that starved its callbacks), none twice.
+        assert 50 <= synced and synced + n["unmatched_detections"] <= len(sent)
         assert processed + dropped == synced
         assert dropped > 0 and processed >= 2  # the tiny model on 2 CPU cores is slower than 30 Hz
         # Newest frame only: the last frame is answered after a few frame times, not after the backlog of all
