@@ -104,13 +104,12 @@ class BodyPipeline:
         for n in range(1, max_persons + 1):
             self.infer(image, np.tile([[220.0, 40.0, 420.0, 440.0]], (n, 1)))
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @torch.inference_mode()
     def infer(self, image_rgb: np.ndarray, boxes: np.ndarray, K: np.ndarray | None = None) -> BodyResult:
-        """Run all persons of one image in one batch; raises InputError for unusable inputs."""
+        """Run all persons of one image in one batch; raises InputError for unusable inputs.
+
+        On CUDA nothing waits for the GPU before the single device→host copy of the outputs; the backbone stage
+        time is then taken from CUDA events, the decoder stage is the rest."""
         t0 = time.perf_counter()
         crops = prepare_crops(image_rgb, boxes, self.cfg.backbone.img_size, device=self.device)
         w, h = crops.image_size
@@ -119,21 +118,23 @@ class BodyPipeline:
         if n == 0:
             return self._empty()
         t1 = time.perf_counter()
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if self.device.type == "cuda" else None
+        if events:
+            events[0].record()
         feats = self.backend(crops.images.to(self.device, non_blocking=True))
-        self._sync()
+        if events:
+            events[1].record()
         t2 = time.perf_counter()
-        Ks = torch.as_tensor(K, dtype=torch.float32, device=self.device).expand(n, 3, 3)
-        out = self.run_head(
-            feats.to(self.device),
-            crops.center.to(self.device),
-            crops.side.to(self.device),
-            crops.affine.to(self.device),
-            Ks,
-        )
+        # The per-person camera data in one host→device copy: centre 2, side 1, affine 6, K 9.
+        K32 = torch.as_tensor(K, dtype=torch.float32).reshape(1, 9).expand(n, 9)
+        packed = torch.cat([crops.center, crops.side[:, None], crops.affine.reshape(n, 6), K32], 1).to(self.device)
+        out = self.run_head(feats, packed[:, :2], packed[:, 2], packed[:, 3:9].reshape(n, 2, 3),
+                            packed[:, 9:].reshape(n, 3, 3))
         outputs = _to_numpy(out)
         t3 = time.perf_counter()
         outputs["bbox"] = crops.boxes.numpy()
-        timings = {"crop": t1 - t0, "backbone": t2 - t1, "decoder": t3 - t2, "total": t3 - t0}
+        backbone = events[0].elapsed_time(events[1]) / 1000.0 if events else t2 - t1
+        timings = {"crop": t1 - t0, "backbone": backbone, "decoder": t3 - t1 - backbone, "total": t3 - t0}
         return BodyResult(outputs, self.faces, {k: 1000.0 * v for k, v in timings.items()})
 
     def _empty(self) -> BodyResult:
