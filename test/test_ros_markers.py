@@ -1,13 +1,15 @@
-"""Marker contents (slots, DELETE/DELETEALL hygiene) and the numpy CDR writer against rmw's own serialiser."""
+"""Marker contents (slots, DELETE/DELETEALL hygiene) and the numpy CDR writers (MarkerArray, PoseArray) against
+rmw's own serialiser."""
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseArray
 from rclpy.serialization import deserialize_message, serialize_message
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from sam3d_body_ros.core.keypoints import SKELETON_EDGES
-from sam3d_body_ros.ros.markers import marker_array, marker_array_cdr, marker_specs
+from sam3d_body_ros.ros.markers import marker_array, marker_array_cdr, marker_specs, pose_array, pose_array_cdr
 from sam3d_body_ros.ros.node import cdr_matches_rmw
 
 RNG = np.random.default_rng(3)
@@ -39,6 +41,16 @@ def test_cdr_writer_decodes_to_the_same_message(frame_id, persons, previous, cle
     raw = marker_array_cdr(header, specs)
     assert len(raw) == len(ref)
     assert deserialize_message(raw, MarkerArray) == deserialize_message(ref, MarkerArray)
+
+
+@pytest.mark.parametrize("persons,quats", [(0, False), (1, True), (3, True), (2, False)])
+def test_pose_array_cdr_decodes_to_the_same_message(persons, quats):
+    header = Header(stamp=Time(sec=7, nanosec=9), frame_id="camera_optical_frame")
+    pos = RNG.random((persons, 127, 3)).astype(np.float32)
+    q = RNG.random((persons, 127, 4)) if quats else None
+    raw, ref = pose_array_cdr(header, pos, q), serialize_message(pose_array(header, pos, q))
+    assert len(raw) == len(ref)
+    assert deserialize_message(raw, PoseArray) == deserialize_message(ref, PoseArray)
 
 
 def test_node_uses_the_cdr_writer_here():

@@ -201,3 +201,30 @@ def test_empty_detections_clear_outputs(ros):
     assert deletes == {("mesh", 0), ("mesh", 1), ("skeleton", 0), ("skeleton", 1)}
     assert out["joints"].poses == [] and out["keypoints"].poses == [] and out["bodies"].detections == []
     valid(probe, stamps)
+
+
+def test_slot_hands_over_newest_item_and_waits_for_the_consumer() -> None:
+    """The node's hand-overs: frames replace a waiting frame (counted as dropped), results wait for the publisher."""
+    import threading
+
+    from sam3d_body_ros.ros.node import _Slot
+
+    frames = _Slot()
+    assert frames.replace("frame 1") is False and frames.replace("frame 2") is True
+    assert frames.take() == "frame 2"
+
+    results, taken = _Slot(), []
+    results.put("result 1")
+    producer = threading.Thread(target=results.put, args=("result 2",))
+    producer.start()
+    producer.join(timeout=0.2)
+    assert producer.is_alive()  # the slot is full: put waits for the consumer
+    taken.append(results.take())
+    producer.join(timeout=5.0)
+    assert not producer.is_alive() and results.take() == "result 2" and taken == ["result 1"]
+
+    consumer = threading.Thread(target=lambda: taken.append(results.take()))
+    consumer.start()
+    results.close()  # wakes a waiting consumer with None
+    consumer.join(timeout=5.0)
+    assert not consumer.is_alive() and taken[-1] is None
