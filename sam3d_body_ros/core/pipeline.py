@@ -90,11 +90,9 @@ class BodyPipeline:
         )
         self.backend_name = f"{self.backend.name}/{self.backend.precision}"
         self.head = head.to(self.device).eval()
-        from ..runtime.torch_backend import make_runner
+        from ..runtime.torch_backend import head_runner
 
-        # CUDA: compiled decoder layers / predictions / token updates, TF32 GEMMs, one CUDA graph per batch size.
-        on_cuda = self.device.type == "cuda"
-        self.run_head = make_runner(self.head, self.device, compile="regions" if on_cuda else False, tf32=on_cuda)
+        self.run_head = head_runner(self.head, self.device)
         self.faces = self.head.faces.cpu().numpy().astype(np.int64)
 
     def warm_up(self, max_persons: int = 8) -> None:
@@ -121,7 +119,7 @@ class BodyPipeline:
         events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if self.device.type == "cuda" else None
         if events:
             events[0].record()
-        feats = self.backend(crops.images.to(self.device, non_blocking=True))
+        feats = self.backend(crops.images)  # prepare_crops made them on self.device
         if events:
             events[1].record()
         t2 = time.perf_counter()

@@ -171,9 +171,10 @@ def pose_array_cdr(header: Header, positions: np.ndarray, quats_xyzw: np.ndarray
     """The serialized geometry_msgs/PoseArray of (..., 3) positions flattened person-major (identity orientation
     when no quaternions), for Publisher.publish(bytes)."""
     pos = np.asarray(positions, np.float64).reshape(-1, 3)
-    quat = np.zeros((len(pos), 4)) if quats_xyzw is None else np.asarray(quats_xyzw, np.float64).reshape(-1, 4)
     if quats_xyzw is None:
-        quat[:, 3] = 1.0
+        quat = np.tile([0.0, 0.0, 0.0, 1.0], (len(pos), 1))
+    else:
+        quat = np.asarray(quats_xyzw, np.float64).reshape(-1, 4)
     w = _CdrWriter()
     w.header(header)
     w.u32(len(pos))

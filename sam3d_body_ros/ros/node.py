@@ -61,7 +61,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "publish_diagnostics": (True, "publish /diagnostics"),
     "diagnostics_period": (1.0, "s between /diagnostics messages"),
 }
-FLIP = np.diag([1.0, -1.0, -1.0])
+FLIP = np.diag([1.0, -1.0, -1.0])  # F applied to pred_global_rots for joint orientations in the camera frame
 
 
 class _Slot:
@@ -115,7 +115,7 @@ class _Result:
     class_ids: list[str]
     scores: np.ndarray
     stages: dict[str, float]  # ms per stage so far
-    t0: float  # perf_counter at the start of the frame  # F applied to pred_global_rots for joint orientations in the camera frame
+    t0: float  # perf_counter at the start of the frame
 
 
 class MeshNode(Node):

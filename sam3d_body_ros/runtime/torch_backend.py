@@ -1,8 +1,8 @@
 """`torch` backend: the timm backbone in PyTorch, fp32/bf16/fp16, CPU or CUDA.
 
 On CUDA the default is the fast path: SwiGLU fc1 GEMMs stacked, patchify as a GEMM, torch.compile of each
-transformer block and one CUDA graph per batch size 1..8; `compile=False, cuda_graphs=False, fuse=False` gives the plain eager reference
-(the CPU default).
+transformer block and one CUDA graph per batch size 1..8; `compile=False, cuda_graphs=False, fuse=False` gives the
+plain eager reference (the CPU default).
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def make_runner(
 
     None means "regions" / graphs on when `device` is CUDA, plain eager on the CPU. Regional compilation compiles a
     few small graphs (one per distinct block) instead of the unrolled model: on the H100 the whole-model compile took
-    ~55 s per batch size for the backbone, its batch-1 time was ~0.35 ms lower (bench/NOTES.md). Compiles use automatic
+    ~55 s per batch size for the backbone and ran batch 1 0-0.16 ms faster (bench/NOTES.md #11, #12). Compiles use automatic
     dynamic shapes: batch 1 is compiled static, the first larger batch once with a symbolic batch size that then
     serves every other bucket.
     """
@@ -133,6 +133,12 @@ def make_runner(
     if compile or cuda_graphs:
         return BucketedRunner(fn, buckets, graphs=cuda_graphs)
     return fn
+
+
+def head_runner(head: nn.Module, device: torch.device) -> Callable[..., object]:
+    """The decoder + MHR head as the pipeline runs it: on CUDA compiled regions, TF32 matmuls and one CUDA graph per
+    batch size (3.3 ms at 1 person on the H100, bench/RESULTS.md); eager on the CPU."""
+    return make_runner(head, device, tf32=device.type == "cuda")
 
 
 class TorchBackend:
