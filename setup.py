@@ -27,6 +27,8 @@ setup(
         "tqdm==4.70.1",
         "matplotlib==3.11.2",
         "scikit-image==0.26.0",
+        "scipy==1.17.1",
+        "pillow==13.0.0",
     ],
     extras_require={
         "export": ["onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2"],
@@ -38,7 +40,7 @@ setup(
             "ros-visualization-msgs==5.5.1",
             "ros-diagnostic-msgs==5.5.1",
         ],
-        "test": ["pytest==9.2.0"],
+        "test": ["pytest==9.2.0", "ruff==0.14.10"],
     },
     zip_safe=True,
     maintainer="sam3d_body_ros developers",
@@ -47,7 +49,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "sam3d-body = sam3d_body_ros.cli:main",
+            "sam3d-body = sam3d_body_ros.tools.cli:main",
             "mesh_node = sam3d_body_ros.ros.node:main",
         ],
     },

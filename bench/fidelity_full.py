@@ -144,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sam3d_body_ros.core.config import get_config
-    from sam3d_body_ros.runtime.fidelity import feature_fidelity, format_table, mesh_deviation
-    from sam3d_body_ros.runtime.onnx_export import export_backbone, export_onnx
     from sam3d_body_ros.runtime.ort_backend import OrtBackend
-    from sam3d_body_ros.runtime.quantize import (
+    from sam3d_body_ros.tools.fidelity import (
+        feature_fidelity,
+        format_table,
+        mesh_deviation,
+    )
+    from sam3d_body_ros.tools.onnx_export import export_backbone, export_onnx
+    from sam3d_body_ros.tools.quantize import (
         augmented_views,
         load_samples,
         qdq_placement,

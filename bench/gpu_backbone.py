@@ -17,12 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_body_ros.core.backbone import build_backbone, set_layer_scale  # noqa: E402
 from sam3d_body_ros.core.config import get_config  # noqa: E402
+from sam3d_body_ros.core.synthetic import random_backbone  # noqa: E402
 from sam3d_body_ros.runtime.torch_backend import TorchBackend  # noqa: E402
 from sam3d_body_ros.runtime.torch_int8_backend import TorchInt8Backend  # noqa: E402
-
-
+from sam3d_body_ros.tools.fidelity import rel_l2  # noqa: E402
 
 
 def time_fn(fn, x, warmup: int, iters: int) -> dict:
@@ -40,10 +39,6 @@ def time_fn(fn, x, warmup: int, iters: int) -> dict:
     med = ts[len(ts) // 2]
     p95 = ts[int(0.95 * (len(ts) - 1))]
     return {"median_ms": med, "p95_ms": p95, "min_ms": ts[0]}
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def main() -> int:
@@ -77,9 +72,7 @@ def main() -> int:
         env["import_error"] = str(e)
     print(json.dumps(env), flush=True)
 
-    torch.manual_seed(0)
-    base = build_backbone(cfg)  # fp32 CPU
-    set_layer_scale(base, 0.1, seed=1)
+    base = random_backbone(cfg, seed=0, layer_scale=0.1)  # fp32 CPU
     gen = torch.Generator().manual_seed(123)
     x8 = torch.randn(8, 3, 512, 512, generator=gen).to(dev)
 
@@ -89,7 +82,7 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = False
     with torch.inference_mode():
         ref = ref_mod(x8).float()
-        r32 = time_fn(lambda x: ref_mod(x), x8[:1], 3, 10)
+        r32 = time_fn(ref_mod, x8[:1], 3, 10)
     del ref_mod
     torch.cuda.empty_cache()
     print(f"fp32 eager b1 {r32['median_ms']:.2f} ms  ({time.time()-t0:.0f}s)", flush=True)

@@ -14,10 +14,11 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_body_ros.core.checkpoint import random_head  # noqa: E402
 from sam3d_body_ros.core.config import get_config  # noqa: E402
-from sam3d_body_ros.runtime.bench import _stats, head_inputs, rel_l2, time_cuda  # noqa: E402
+from sam3d_body_ros.core.synthetic import random_head  # noqa: E402
 from sam3d_body_ros.runtime.torch_backend import make_runner  # noqa: E402
+from sam3d_body_ros.tools.bench import _stats, head_inputs, time_cuda  # noqa: E402
+from sam3d_body_ros.tools.fidelity import rel_l2  # noqa: E402
 
 
 def main() -> int:

@@ -18,8 +18,8 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sam3d_body_ros.core.backbone import build_backbone, set_layer_scale  # noqa: E402
 from sam3d_body_ros.core.config import get_config  # noqa: E402
+from sam3d_body_ros.core.synthetic import random_backbone  # noqa: E402
 from sam3d_body_ros.runtime.torch_backend import TorchBackend  # noqa: E402
 from sam3d_body_ros.runtime.torch_int8_backend import TorchInt8Backend  # noqa: E402
 
@@ -81,9 +81,7 @@ def main() -> int:
     print(f"micro done {time.time()-t0:.0f}s", flush=True)
 
     dev = torch.device("cuda")
-    torch.manual_seed(0)
-    base = build_backbone(get_config("full"))
-    set_layer_scale(base, 0.1, seed=1)
+    base = random_backbone(get_config("full"), seed=0, layer_scale=0.1)
     x8 = torch.randn(8, 3, 512, 512, device=dev)
     makers = {
         "bf16-blocks": lambda m: TorchBackend(m, dev, "bf16", compile="regions", cuda_graphs=False, compile_mode="default"),

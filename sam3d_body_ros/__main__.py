@@ -1,6 +1,6 @@
 """`python -m sam3d_body_ros` = the `sam3d-body` command."""
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 sys.exit(main())

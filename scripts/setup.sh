@@ -6,12 +6,17 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv with $($PYTHON --version)"
+  echo "[setup] first run: creating .venv with $($PYTHON --version); installing PyTorch (CUDA build, ~6 GB), ROS 2"
+  echo "[setup] wheels and the rest takes a few minutes; pip's progress follows"
   "$PYTHON" -m venv .venv
+  quiet=()
+else
+  echo "[setup] .venv exists: checking the installed packages"
+  quiet=(-q)
 fi
-echo "[setup] installing sam3d_body_ros and its pinned dependencies (first run: a few minutes)"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[export,ros,test]" 2>&1 | grep -v "is ignored: it is neither" || true
-.venv/bin/python -c "import sam3d_body_ros, torch, timm, rclpy" || { echo "[setup] install failed" >&2; exit 1; }
+.venv/bin/python -m pip install "${quiet[@]}" --disable-pip-version-check --progress-bar on -e ".[export,ros,test]" 2>&1 \
+  | grep --line-buffered -v -e "is ignored: it is neither" -e "^Requirement already satisfied" || true
+.venv/bin/python -c "import sam3d_body_ros, torch, timm, rclpy" || { echo "[setup] install failed (see pip's output above)" >&2; exit 1; }
 
 if .venv/bin/python -c "import vision_msgs.msg" 2>/dev/null; then
   echo "[setup] vision_msgs present"

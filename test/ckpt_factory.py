@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import copy
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
-
 from mhr_asset_factory import write_mhr_asset
+
 from sam3d_body_ros.core.backbone import build_backbone
-from sam3d_body_ros.core.checkpoint import (BACKBONE_PREFIX, CONFIG_FILE, MHR_ASSET, TINY_BACKBONE_TYPE, WEIGHTS_FILE,
-                                            random_head)
+from sam3d_body_ros.core.checkpoint import (
+    BACKBONE_PREFIX,
+    CONFIG_FILE,
+    MHR_ASSET,
+    TINY_BACKBONE_TYPE,
+    WEIGHTS_FILE,
+)
 from sam3d_body_ros.core.config import TINY, ModelConfig
-from sam3d_body_ros.core.mhr import synthetic_rig
 from sam3d_body_ros.core.model import SAM3DBodyHead
+from sam3d_body_ros.core.synthetic import random_head, synthetic_rig
 
 # Body-branch module -> its hand-branch twin in upstream SAM3DBody (same shapes).
 HAND_TWINS = {

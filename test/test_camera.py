@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from sam3d_body_ros.core.camera import (RAY_CHANNELS, cam_translation, cliff_condition, default_intrinsics,
-                                        project_points, ray_fourier_features, ray_map)
+from sam3d_body_ros.core.camera import (
+    RAY_CHANNELS,
+    cam_translation,
+    cliff_condition,
+    default_intrinsics,
+    project_points,
+    ray_fourier_features,
+    ray_map,
+    resolve_intrinsics,
+)
+from sam3d_body_ros.core.errors import InputError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mhr"
 REAL_DUMPS = ("img_subj00.npz", "img_subj01.npz")
@@ -116,3 +125,17 @@ def test_ray_fourier_features_layout():
     np.testing.assert_allclose(feats[0, 0, 3:19], torch.sin(torch.pi * 0.25 * bands), atol=1e-6)  # x, all bands
     np.testing.assert_allclose(feats[0, 0, 19:35], torch.sin(torch.pi * -0.5 * bands), atol=1e-6)  # then y
     np.testing.assert_allclose(feats[0, 0, 51:67], torch.cos(torch.pi * 0.25 * bands), atol=1e-6)  # cos after sin
+
+
+def test_resolve_intrinsics_is_the_one_rule():
+    K = np.array([[500.0, 0, 320], [0, 510, 240], [0, 0, 1]])
+    got, note = resolve_intrinsics(K, 640, 480)
+    np.testing.assert_array_equal(got, K)
+    assert note is None
+    for missing, why in ((None, "no camera intrinsics"), (np.zeros((3, 3)), "all zero")):
+        got, note = resolve_intrinsics(missing, 640, 480)
+        np.testing.assert_array_equal(got, default_intrinsics(640, 480))
+        assert why in note
+    for bad, match in ((np.full((3, 3), np.nan), "NaN"), (np.diag([-5.0, 510, 1]), "focal"), (np.eye(2), "3x3")):
+        with pytest.raises(InputError, match=match):
+            resolve_intrinsics(bad, 640, 480)

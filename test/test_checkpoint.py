@@ -4,13 +4,13 @@ import re
 import pytest
 import torch
 from ckpt_factory import variant, write_tiny_checkpoint
-from test_decoder import make_inputs
 
 from sam3d_body_ros.core.backbone import build_backbone
-from sam3d_body_ros.core.checkpoint import MHR_ASSET, load_checkpoint, random_head
+from sam3d_body_ros.core.checkpoint import MHR_ASSET, load_checkpoint
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.core.errors import WeightsError
 from sam3d_body_ros.core.model import BODY_MODE_UNUSED_PREFIXES, OUTPUT_FIELDS
+from sam3d_body_ros.core.synthetic import random_head
 
 
 @pytest.fixture(scope="module")
@@ -18,12 +18,12 @@ def written(tmp_path_factory):
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "sam-3d-body-tiny", seed=7)
 
 
-def test_round_trip_gives_identical_outputs_and_backbone(written):
+def test_round_trip_gives_identical_outputs_and_backbone(written, decoder_inputs):
     loaded = load_checkpoint(written.path)
     assert loaded.cfg == TINY
     assert str(written.path) in loaded.source
     assert loaded.head.weights_description == loaded.source
-    inputs = make_inputs(3, seed=1)
+    inputs = decoder_inputs(TINY, 3, torch.device("cpu"))
     with torch.no_grad():
         ref = written.head(*inputs)
         got = loaded.head.eval()(*inputs)
@@ -160,3 +160,13 @@ def test_random_head_is_seeded_and_covers_upstream_keys():
     torch.testing.assert_close(hp.keypoint_mapping[:70].sum(1), torch.ones(70))
     assert hp.faces.max() < TINY.mhr.num_vertices and hp.faces.shape == (TINY.mhr.num_faces, 3)
     assert not any(k.startswith(BODY_MODE_UNUSED_PREFIXES) for k in sa)
+
+
+@pytest.mark.parametrize("content, match", [(b"", "model.ckpt is empty"),
+                                            (bytes(range(7, 256)) * 40, "is not a PyTorch checkpoint"),
+                                            (b"PK\x03\x04" + bytes(500), "cannot read model.ckpt")])
+def test_unreadable_weights_file_is_named(written, tmp_path, content, match):
+    ckpt = variant(written, tmp_path / "w")
+    (ckpt.path / "model.ckpt").write_bytes(content)
+    with pytest.raises(WeightsError, match=match):
+        load_checkpoint(ckpt.path)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from sam3d_body_ros.cli import main
 from sam3d_body_ros.core.config import TINY
-from sam3d_body_ros.core.pipeline import output_shapes
+from sam3d_body_ros.pipeline import output_shapes
+from sam3d_body_ros.tools.cli import main
 
 
 def run_cli(*args):
@@ -42,7 +42,8 @@ def camera_png(tmp_path_factory):
 def test_infer_on_real_photo_writes_npz_and_png(camera_png, tmp_path):
     out, png = tmp_path / "r.npz", tmp_path / "r.png"
     box = ["--box", 150, 20, 420, 500]
-    r = run_cli("infer", camera_png, *box, "--config", "tiny", "--out", out, "--render", png)
+    gif = tmp_path / "r.gif"
+    r = run_cli("infer", camera_png, *box, "--config", "tiny", "--out", out, "--render", png, "--spin", gif)
     assert r.returncode == 0, r.stderr
     assert "RANDOM" in r.stdout
     res = np.load(out)
@@ -50,11 +51,15 @@ def test_infer_on_real_photo_writes_npz_and_png(camera_png, tmp_path):
         assert res[name].shape == (1, *shape) and np.isfinite(res[name]).all(), name
     assert "SYNTHETIC" in str(res["weights_status"])
     pic = cv2.imread(str(png))
-    assert pic is not None and pic.shape[1] >= 2 * 512  # photo + side view
-    # the overlay changed pixels inside the person box of the photo panel
+    assert pic is not None and pic.shape[1] == 4 * 512  # photo, overlay, three-quarter and side views
+    # the overlay changed pixels inside the person box of the photo (second panel)
     band = pic.shape[0] - 512
-    panel = cv2.cvtColor(pic[band:, :512], cv2.COLOR_BGR2GRAY).astype(int)
+    panel = cv2.cvtColor(pic[band:, 512:1024], cv2.COLOR_BGR2GRAY).astype(int)
     assert np.abs(panel - data.camera().astype(int))[20:500, 150:420].mean() > 5
+    from PIL import Image
+
+    with Image.open(gif) as g:
+        assert g.n_frames == 36 and g.size == (384, 384)
 
 
 @pytest.mark.parametrize(
@@ -69,3 +74,43 @@ def test_bad_input_is_one_line_exit_2(camera_png, tmp_path, capsys, image, box, 
     assert main(["infer", str(path), "--box", *map(str, box), "--config", "tiny"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sam3d-body: error:") and match in lines[0]
+
+
+@pytest.fixture(scope="module")
+def broken_weights(tmp_path_factory):
+    """Weights folders whose model.ckpt is empty / random bytes (an interrupted or wrong download)."""
+    from ckpt_factory import variant, write_tiny_checkpoint
+
+    good = write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "good", seed=3)
+    out = {}
+    for name, content in (("empty", b""), ("random", np.random.default_rng(0).bytes(4096))):
+        ckpt = variant(good, tmp_path_factory.mktemp(name) / "w")
+        (ckpt.path / "model.ckpt").write_bytes(content)
+        out[name] = ckpt.path
+    return out
+
+
+@pytest.mark.parametrize("extra, match", [(["--device", "cuda"], "no usable CUDA GPU"),
+                                          (["--weights", "empty"], "model.ckpt is empty"),
+                                          (["--weights", "random"], "model.ckpt is not a PyTorch checkpoint")])
+def test_configuration_errors_are_one_line_exit_2(camera_png, broken_weights, capsys, extra, match):
+    extra = [str(broken_weights.get(a, a)) for a in extra]
+    assert main(["infer", str(camera_png), "--box", "150", "20", "420", "500", *extra]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sam3d-body: error:") and match in lines[0], lines
+
+
+def test_every_option_has_help_and_model_commands_share_defaults():
+    from sam3d_body_ros.tools.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    defaults = {}
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+        config = next((a for a in p._actions if a.dest == "config"), None)
+        if name in ("info", "infer", "features") and config is not None:
+            defaults[name] = config.default
+    assert set(defaults.values()) == {"tiny"} and len(defaults) == 3, defaults

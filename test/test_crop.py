@@ -4,7 +4,12 @@ import pytest
 from skimage import data
 
 from sam3d_body_ros.core.crop import (
-    IMAGENET_MEAN, IMAGENET_STD, box_to_center_side, prepare_crops, validate_boxes, warp_matrix,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    box_to_center_side,
+    prepare_crops,
+    validate_boxes,
+    warp_matrix,
 )
 from sam3d_body_ros.core.errors import InputError
 
@@ -56,13 +61,12 @@ def test_batch_of_persons_is_independent():
 @pytest.mark.parametrize(
     "box, reason",
     [([10, 10, 10, 50], "zero or negative size"), ([50, 50, 20, 80], "zero or negative size"),
-     ([np.nan, 0, 10, 10], "NaN"), ([600, 10, 700, 80], "outside"), ([-90, -90, -10, -10], "outside")],
+     ([np.nan, 0, 10, 10], "NaN"), ([600, 10, 700, 80], "outside"), ([-90, -90, -10, -10], "outside"),
+     ([-5000, 0, 100, 100], "image diagonals")],
 )
 def test_bad_boxes_are_named(box, reason):
     valid, reasons = validate_boxes(np.array([box], float), 512, 512)
     assert not valid[0] and reason in reasons[0]
-    with pytest.raises(InputError, match=reason):
-        prepare_crops(data.astronaut(), np.array([box], float))
 
 
 def test_bad_images_rejected():
@@ -83,7 +87,7 @@ def test_warp_matrix_is_similarity_without_udp_shift():
 
 
 def test_gpu_warp_path_matches_opencv():
-    """The grid_sample warp used on CUDA computes OpenCV's crop (run here on the CPU through the same code)."""
+    """The warp used on CUDA computes OpenCV's crop (run here on the CPU through the same code)."""
     import torch
 
     from sam3d_body_ros.core.crop import _warp_cv2, _warp_torch
@@ -94,9 +98,8 @@ def test_gpu_warp_path_matches_opencv():
     center, side = box_to_center_side(boxes)
     affines = np.stack([warp_matrix(c, s, 512) for c, s in zip(center, side)])
     ref = _warp_cv2(img, affines, 512)
-    got = _warp_torch(img, affines, 512, torch.device("cpu"))
-    diff = (ref - got).abs()
-    # OpenCV interpolates with 1/32-px fixed-point weights: up to ~4 grey levels on sharp edges, ~0.2 on average
-    assert diff.max() < 0.1 and diff.mean() < 0.005
+    got = _warp_torch(torch.from_numpy(img), affines, 512)
+    # the same uint8 crops, normalised in float32 by two formulas: at most an ulp or two apart
+    assert (ref - got).abs().max() < 1e-5
     # the zero border matches too (outside the image both give normalised black)
     np.testing.assert_allclose(got[1, :, 0, 0].numpy(), (-IMAGENET_MEAN / IMAGENET_STD), atol=1e-5)

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from sam3d_body_ros.core.backbone import count_params
 from sam3d_body_ros.core.camera import cliff_condition, default_intrinsics, ray_map
-from sam3d_body_ros.core.checkpoint import random_head
 from sam3d_body_ros.core.config import FULL, TINY
 from sam3d_body_ros.core.crop import box_to_center_side, warp_matrix
-from sam3d_body_ros.core.mhr import MHRBody, synthetic_rig
+from sam3d_body_ros.core.mhr import MHRBody
 from sam3d_body_ros.core.model import OUTPUT_FIELDS, SAM3DBodyHead
+from sam3d_body_ros.core.synthetic import random_head, synthetic_rig
 
 BOXES = np.array([[100.0, 60.0, 260.0, 420.0], [300.0, 100.0, 420.0, 300.0], [500.0, 20.0, 630.0, 470.0]])
 

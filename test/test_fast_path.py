@@ -9,24 +9,29 @@ import pytest
 import torch
 
 from sam3d_body_ros.core.backbone import build_backbone
-from sam3d_body_ros.core.checkpoint import random_head
 from sam3d_body_ros.core.config import TINY
-from sam3d_body_ros.runtime.bench import fidelity_state, head_inputs
+from sam3d_body_ros.core.synthetic import random_head
 from sam3d_body_ros.runtime.cuda_graph import BucketedRunner, pick_bucket
-from sam3d_body_ros.runtime.torch_backend import FusedSwiGLU, PatchLinear, TorchBackend, make_runner
-from sam3d_body_ros.runtime.torch_int8_backend import QuantLinear, TorchInt8Backend, quantize_block_linears
+from sam3d_body_ros.runtime.torch_backend import (
+    FusedSwiGLU,
+    PatchLinear,
+    TorchBackend,
+    make_runner,
+)
+from sam3d_body_ros.runtime.torch_int8_backend import (
+    QuantLinear,
+    TorchInt8Backend,
+    quantize_block_linears,
+)
+from sam3d_body_ros.tools.fidelity import rel_l2 as rel
 
 CPU = torch.device("cpu")
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
 @pytest.fixture(scope="module")
-def state() -> dict[str, torch.Tensor]:
+def state(layer_scaled_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Tiny backbone weights with layer-scale 0.1 and random q/v biases (so reduced precision is visible)."""
-    return fidelity_state(TINY, seed=3)
+    return layer_scaled_state
 
 
 def backbone(state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -71,9 +76,9 @@ def test_bucketed_runner_pads_and_chunks_rows_independently(crops: torch.Tensor,
     assert rel(out11, eager_features) < 1e-5
 
 
-def test_bucketed_runner_slices_every_output_of_the_head() -> None:
+def test_bucketed_runner_slices_every_output_of_the_head(decoder_inputs) -> None:
     head = random_head(TINY, seed=1).eval()
-    inputs = head_inputs(TINY, 3, CPU)
+    inputs = decoder_inputs(TINY, 3, CPU)
     runner = BucketedRunner(head, (1, 2, 4, 8))
     with torch.inference_mode():
         ref = head(*inputs)
@@ -140,14 +145,14 @@ def test_int8_backend_tracks_fp32(state, crops, eager_features, mode: str, bound
     assert 1e-6 < err < bound
 
 
-def test_regional_head_compile_matches_eager_across_batch_sizes() -> None:
+def test_regional_head_compile_matches_eager_across_batch_sizes(decoder_inputs) -> None:
     """The pipeline's CUDA head path (compiled regions, one dynamic-batch compile for batch >= 2) = eager."""
     head = random_head(TINY, seed=4).eval()
     compiled = random_head(TINY, seed=4).eval()
     runner = make_runner(compiled, CPU, compile="regions", cuda_graphs=False)
     with torch.inference_mode():
         for persons in (1, 3, 5):
-            inputs = head_inputs(TINY, persons, CPU)
+            inputs = decoder_inputs(TINY, persons, CPU)
             ref, out = head(*inputs), runner(*inputs)
             assert set(out) == set(ref)
             for key in ref:

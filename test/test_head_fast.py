@@ -12,13 +12,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
 from ckpt_factory import write_tiny_checkpoint
-from sam3d_body_ros.core.checkpoint import load_checkpoint, random_head
+
+from sam3d_body_ros.core.checkpoint import load_checkpoint
 from sam3d_body_ros.core.config import TINY
-from sam3d_body_ros.core.mhr import MHRBody, synthetic_rig
+from sam3d_body_ros.core.mhr import MHRBody
 from sam3d_body_ros.core.model import OUTPUT_FIELDS, SAM3DBodyHead, sample_points
-from sam3d_body_ros.runtime.bench import head_inputs
+from sam3d_body_ros.core.synthetic import random_head, synthetic_rig
 
 CPU = torch.device("cpu")
 V = TINY.mhr.num_vertices
@@ -133,8 +133,7 @@ def plain_copy(head: SAM3DBodyHead) -> SAM3DBodyHead:
     return plain
 
 
-def assert_fast_equals_plain(head: SAM3DBodyHead, persons: int) -> None:
-    inputs = head_inputs(TINY, persons, CPU)
+def assert_fast_equals_plain(head: SAM3DBodyHead, inputs: tuple[torch.Tensor, ...]) -> None:
     plain = plain_copy(head)
     mhr_vertices: list[int] = []
     head.head_pose.mhr.register_forward_hook(lambda _m, _i, out: mhr_vertices.append(out[0].shape[1]))
@@ -158,21 +157,21 @@ def assert_fast_equals_plain(head: SAM3DBodyHead, persons: int) -> None:
 
 
 @pytest.mark.parametrize("persons", [1, 3])
-def test_fast_head_equals_plain_head_random_weights(persons: int) -> None:
-    assert_fast_equals_plain(random_head(TINY, seed=persons).eval(), persons)
+def test_fast_head_equals_plain_head_random_weights(persons: int, decoder_inputs) -> None:
+    assert_fast_equals_plain(random_head(TINY, seed=persons).eval(), decoder_inputs(TINY, persons, CPU))
 
 
-def test_fast_head_equals_plain_head_loaded_checkpoint(tmp_path) -> None:
+def test_fast_head_equals_plain_head_loaded_checkpoint(tmp_path, decoder_inputs) -> None:
     ckpt = write_tiny_checkpoint(tmp_path / "sam-3d-body-tiny", seed=5)
     head = load_checkpoint(ckpt.path).head.eval()
     assert head.head_pose.keypoint_rig is not None  # prepared by loading
-    assert_fast_equals_plain(head, 3)
+    assert_fast_equals_plain(head, decoder_inputs(TINY, 3, CPU))
 
 
-def test_fast_head_exports_as_one_graph() -> None:
+def test_fast_head_exports_as_one_graph(decoder_inputs) -> None:
     """torch.export traces the whole fast head: no host syncs or data-dependent shapes (CUDA-graph capturable)."""
     head = random_head(TINY, seed=1).eval()
-    inputs = head_inputs(TINY, 2, CPU)
+    inputs = decoder_inputs(TINY, 2, CPU)
     program = torch.export.export(head, inputs)
     with torch.inference_mode():
         got, want = program.module()(*inputs), head(*inputs)

@@ -5,11 +5,21 @@ import pytest
 import roma
 import torch
 
-from sam3d_body_ros.core.checkpoint import random_head
 from sam3d_body_ros.core.config import TINY
-from sam3d_body_ros.core.heads import (BODY_1DOF_PARAM_IDXS, BODY_3DOF_PARAM_IDXS, BODY_HAND_PARAM_IDXS,
-                                       BODY_TRANS_PARAM_IDXS, HAND_JOINT_DOFS, NUM_POSE, BodyDecoding,
-                                       body_params_to_cont, intrinsic_zyx_euler, rot6d_to_rotmat, xyz_euler_from_6d)
+from sam3d_body_ros.core.heads import (
+    BODY_1DOF_PARAM_IDXS,
+    BODY_3DOF_PARAM_IDXS,
+    BODY_HAND_PARAM_IDXS,
+    BODY_TRANS_PARAM_IDXS,
+    HAND_JOINT_DOFS,
+    NUM_POSE,
+    BodyDecoding,
+    body_params_to_cont,
+    intrinsic_zyx_euler,
+    rot6d_to_rotmat,
+    xyz_euler_from_6d,
+)
+from sam3d_body_ros.core.synthetic import random_head
 
 
 def _cont_3dof(angles: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from sam3d_body_ros.core.keypoints import (
     PELVIS_KEYPOINTS,
     SKELETON_EDGES,
 )
-from sam3d_body_ros.core.mhr import synthetic_keypoint_mapping
+from sam3d_body_ros.core.synthetic import synthetic_keypoint_mapping
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mhr"
 DUMPS = [FIXTURES / f"img_subj{i:02d}.npz" for i in (0, 1)]  # a missing ../shared fails, never skips

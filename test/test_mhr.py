@@ -8,19 +8,22 @@ import numpy as np
 import pytest
 import roma
 import torch
-
 from mhr_asset_factory import write_mhr_asset
+
 from sam3d_body_ros.core.config import FULL, TINY
-from sam3d_body_ros.core.keypoints import MHR70_NAMES, MHR_JOINT_NAMES, MHR_JOINT_PARENTS
+from sam3d_body_ros.core.keypoints import (
+    MHR70_NAMES,
+    MHR_JOINT_NAMES,
+    MHR_JOINT_PARENTS,
+)
 from sam3d_body_ros.core.mhr import (
     MHRAssetError,
     MHRBody,
     MHRRig,
     euler_xyz_to_quat,
     load_mhr_asset,
-    synthetic_keypoint_mapping,
-    synthetic_rig,
 )
+from sam3d_body_ros.core.synthetic import synthetic_keypoint_mapping, synthetic_rig
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mhr"
 

@@ -6,7 +6,7 @@ from skimage import data
 from sam3d_body_ros.core.camera import project_points
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.core.errors import InputError
-from sam3d_body_ros.core.pipeline import BodyPipeline, PipelineSettings, output_shapes
+from sam3d_body_ros.pipeline import BodyPipeline, PipelineSettings, output_shapes
 
 BOXES = np.array([[140.0, 30.0, 380.0, 510.0], [20.0, 250.0, 130.0, 500.0]])
 

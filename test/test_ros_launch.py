@@ -5,7 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from sam3d_body_ros.ros.node import NODE_NAME, PARAMETERS
+from sam3d_body_ros.ros.node import NODE_NAME
+from sam3d_body_ros.ros.params import SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = ast.parse((REPO / "launch" / "mesh.launch.py").read_text())
@@ -44,7 +45,7 @@ def subscribed_topics():
 
 
 def mesh_node():
-    (node,) = [c for c in calls(LAUNCH, "Node") if value(kwarg(c, "executable")) == "mesh_node"]
+    (node,) = [c for c in calls(LAUNCH, "LifecycleNode") if value(kwarg(c, "executable")) == "mesh_node"]
     return node
 
 
@@ -69,9 +70,9 @@ def test_every_launch_argument_is_declared_and_used():
     used = {c.args[0].value for c in calls(LAUNCH, "LaunchConfiguration") if isinstance(c.args[0], ast.Constant)}
     overrides = set(constants()["OVERRIDES"])
     assert used | overrides == declared
-    assert overrides <= set(PARAMETERS)  # overrides name real node parameters
+    assert overrides <= set(SCHEMA)  # overrides name real node parameters
     assert declared == {"namespace", "image", "camera_info", "detections", "params_file", "backend", "weights_dir",
-                        "model_config", "rviz"}
+                        "model_config", "autostart", "rviz"}
 
 
 def test_params_file_and_rviz_config_exist_and_are_installed():
@@ -91,11 +92,24 @@ def test_mesh_yaml_sets_and_documents_every_parameter():
     params = yaml.safe_load(text)["/**"]["ros__parameters"]
     flat = {f"{k}.{kk}" if isinstance(v, dict) else k for k, v in params.items() for kk in (v if isinstance(v, dict)
                                                                                               else [None])}
-    assert flat == set(PARAMETERS)
+    assert flat == set(SCHEMA)
     lines = text.splitlines()
     for key in params:
         i = next(i for i, line in enumerate(lines) if re.match(rf"\s+{key}:", line))
         assert "#" in lines[i] or lines[i - 1].strip().startswith("#") or lines[i - 2].strip().startswith("#"), key
-    for name, (default, _) in PARAMETERS.items():
+    for name, param in SCHEMA.items():
         section, _, leaf = name.rpartition(".")
-        assert (params[section][leaf] if section else params[name]) == default, name
+        value = params[section][leaf] if section else params[name]
+        assert value == param.default and type(value) is param.type, name
+        # the comment of every live parameter says so, and start-up ones do not claim it
+        i = next(i for i, line in enumerate(lines) if re.match(rf"\s+{leaf}:", line))
+        said = " ".join(lines[max(0, i - 3): i + 1])
+        assert ("[live]" in said) == param.live, name
+
+
+def test_params_file_read_by_rclpy_equals_schema_defaults():
+    from sam3d_body_ros.ros.params import _read_with_yaml, defaults, read_params_file
+
+    path = REPO / "config" / "mesh.yaml"
+    assert read_params_file(path) == defaults()  # through rclpy's own parser (rclpy is installed here)
+    assert _read_with_yaml(path) == defaults()  # and the fallback used where rclpy is absent

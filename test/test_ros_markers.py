@@ -9,7 +9,13 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from sam3d_body_ros.core.keypoints import SKELETON_EDGES
-from sam3d_body_ros.ros.markers import marker_array, marker_array_cdr, marker_specs, pose_array, pose_array_cdr
+from sam3d_body_ros.ros.markers import (
+    marker_array,
+    marker_array_cdr,
+    marker_specs,
+    pose_array,
+    pose_array_cdr,
+)
 from sam3d_body_ros.ros.node import cdr_matches_rmw
 
 RNG = np.random.default_rng(3)

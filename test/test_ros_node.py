@@ -8,9 +8,20 @@ import rclpy
 import roma
 import torch
 from rclpy.parameter import Parameter
+from ros_fixtures import (
+    BOXES,
+    FRAME_ID,
+    PHOTO,
+    K,
+    Probe,
+    Spinner,
+    camera_info,
+    header,
+    init_context,
+    resend_until,
+    wait_for,
+)
 
-from ros_fixtures import BOXES, FRAME_ID, K, PHOTO, Probe, Spinner, camera_info, header, init_context, \
-    resend_until, wait_for
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.core.keypoints import MHR70_NAMES, MHR_JOINT_NAMES, SKELETON_EDGES
 from sam3d_body_ros.ros.conversions import array_to_image, stamp_ns
@@ -153,18 +164,22 @@ def test_bad_inputs_warn_and_the_next_frame_is_answered(ros):
         probe.send(h, array_to_image(PHOTO, "rgb8"), BOXES, camera_info(h, 512, 512, k))
     cases.append(("intrinsics", nan_k))
 
-    def no_camera_info(h):
-        probe.send(h, array_to_image(PHOTO, "rgb8"), BOXES)
-    cases.append(("camera_info", no_camera_info))
+    def uncalibrated(h):  # all-zero K: the ROS convention for an uncalibrated camera -> default intrinsics
+        probe.send(h, array_to_image(PHOTO, "rgb8"), BOXES, camera_info(h, 512, 512, np.zeros((3, 3))))
+    cases.append(("camera_info", uncalibrated))
 
-    def detections_only(h):
+    def wrong_size(h):
+        probe.send(h, array_to_image(PHOTO, "rgb8"), BOXES, camera_info(h, 640, 480))
+    cases.append(("camera_info_size", wrong_size))
+
+    def detections_only(h):  # its image never arrives: once frames match, that is an image lost on the way in
         probe.send(h, None, BOXES)
-    cases.append(("detections_without_image", detections_only))
+    cases.append(("images_dropped", detections_only))
 
     for kind, send in cases:
         before = count(probe, kind)
         send(header(next(stamps)))
-        if kind == "detections_without_image":
+        if kind == "images_dropped":
             valid(probe, stamps)  # orphans are known once a newer frame is complete
         d = warned(probe, kind, before)
         assert d["level"] >= 1, d  # WARN while input problems are recent

@@ -4,8 +4,18 @@ import time
 
 import rclpy
 from rclpy.parameter import Parameter
+from ros_fixtures import (
+    BOXES,
+    PHOTO,
+    Probe,
+    Spinner,
+    camera_info,
+    header,
+    init_context,
+    resend_until,
+    wait_for,
+)
 
-from ros_fixtures import BOXES, PHOTO, Probe, Spinner, camera_info, header, init_context, resend_until, wait_for
 from sam3d_body_ros.ros.conversions import array_to_image, stamp_ns
 from sam3d_body_ros.ros.node import MeshNode
 

@@ -1,11 +1,9 @@
 """Foreign backbone artifacts (e.g. Embedl's .onnx/.pt2): I/O signature checks with clear messages, and fixed-batch
 artifacts run batch by batch. The ONNX files here are small real graphs (a 16x16/16 patch Conv) with the shapes
 under test."""
-import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx_factory import patch_conv_onnx
 
 from sam3d_body_ros.core.config import FULL, TINY
 from sam3d_body_ros.core.errors import WeightsError
@@ -17,24 +15,6 @@ from sam3d_body_ros.runtime.artifact_check import (
     run_batched,
 )
 from sam3d_body_ros.runtime.backend import create_backend
-
-
-def patch_conv_onnx(path, channels=128, batch="N", in_name="input", out_name="output", extra_output=False):
-    """A backbone-shaped graph: (batch,3,512,512) -> Conv k16 s16 -> (batch,channels,32,32)."""
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(0, 0.05, (channels, 3, 16, 16)).astype(np.float32), "w")
-    nodes = [helper.make_node("Conv", [in_name, "w"], [out_name], kernel_shape=[16, 16], strides=[16, 16])]
-    outputs = [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [batch, channels, 32, 32])]
-    if extra_output:
-        nodes.append(helper.make_node("Relu", [out_name], ["cls"]))
-        outputs.append(helper.make_tensor_value_info("cls", TensorProto.FLOAT, [batch, channels, 32, 32]))
-    graph = helper.make_graph(
-        nodes, "backbone", [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, [batch, 3, 512, 512])], outputs, [w]
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 10
-    onnx.save(model, str(path))
-    return path, torch.from_numpy(numpy_helper.to_array(w).copy())
 
 
 def test_any_names_with_the_right_shapes_are_accepted(tmp_path):

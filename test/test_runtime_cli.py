@@ -11,8 +11,8 @@ import pytest
 from matplotlib import cbook
 from skimage import data
 
-from sam3d_body_ros.cli import main
 from sam3d_body_ros.core.config import TINY
+from sam3d_body_ros.tools.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,8 @@ def test_infer_with_onnxruntime_backend(exported, photo_dir, tmp_path, capsys):
 def test_export_onnx_from_weights_dir(tmp_path, capsys):
     """--weights: the backbone of an upstream-layout checkpoint (DINOv3 names) is what gets exported."""
     import torch
-
     from ckpt_factory import write_tiny_checkpoint
+
     from sam3d_body_ros.core.backbone import build_backbone
     from sam3d_body_ros.runtime.backend import create_backend
 

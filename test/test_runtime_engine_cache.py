@@ -1,15 +1,15 @@
 """TensorRT surroundings that run without TensorRT: cache keys and stale/foreign engines, profile shapes, the I/O plan
 from the ONNX graph, precision rules, build progress, and the error when TensorRT is missing."""
 import dataclasses
-import io
 import json
+import logging
 import sys
 
 import cv2
 import pytest
+from onnx_factory import patch_conv_onnx
 from skimage import data
 
-from sam3d_body_ros.cli import main
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.core.errors import WeightsError
 from sam3d_body_ros.runtime.backend import create_backend
@@ -22,13 +22,13 @@ from sam3d_body_ros.runtime.engine_cache import (
     check_engine_record,
     default_cache_dir,
     default_opt_batch,
+    engine_precision,
     io_plan,
     make_key,
     onnx_content_hash,
     profile_shapes,
-    resolve_precision,
 )
-from test_runtime_artifacts import patch_conv_onnx
+from sam3d_body_ros.tools.cli import main
 
 KEY = EngineKey("10.16.1.11", "NVIDIA H100 80GB HBM3", "9.0", "ab" * 32, "int8", 8, 4)
 
@@ -61,18 +61,18 @@ def test_every_key_field_changes_the_key_and_the_engine_file(tmp_path):
     assert KEY.digest() == EngineKey(*dataclasses.astuple(KEY)).digest()  # stable
 
 
-def test_cache_builds_once_then_loads(tmp_path):
+def test_cache_builds_once_then_loads(tmp_path, caplog):
     cache, builds = EngineCache(tmp_path / "c"), []
 
     def build():
         builds.append(1)
         return b"engine-bytes-1"
 
-    log = io.StringIO()
-    path, built = cache.get_or_build(KEY, build, log)
-    assert built and path.read_bytes() == b"engine-bytes-1" and "building TensorRT int8 engine" in log.getvalue()
-    path2, built2 = cache.get_or_build(KEY, build, log)
-    assert (path2, built2) == (path, False) and len(builds) == 1 and "cache hit" in log.getvalue()
+    caplog.set_level(logging.INFO, logger="sam3d_body_ros")
+    path, built = cache.get_or_build(KEY, build)
+    assert built and path.read_bytes() == b"engine-bytes-1" and "building TensorRT int8 engine" in caplog.text
+    path2, built2 = cache.get_or_build(KEY, build)
+    assert (path2, built2) == (path, False) and len(builds) == 1 and "cache hit" in caplog.text
     record = json.loads(path.with_suffix(".json").read_text())
     assert record["key"]["gpu_name"] == KEY.gpu_name and len(record["engine_sha256"]) == 64
 
@@ -145,17 +145,17 @@ def test_io_plan_from_onnx_graph(tiny_onnx):
 
 
 def test_precision_rules():
-    assert resolve_precision("fp32", quantized=True) == "int8"  # a QDQ graph always builds INT8
-    assert resolve_precision("fp16", quantized=False) == "fp16"
+    assert engine_precision("fp32", quantized=True) == "int8"  # a QDQ graph always builds INT8
+    assert engine_precision("fp16", quantized=False) == "fp16"
     with pytest.raises(ValueError, match="QDQ ONNX"):
-        resolve_precision("int8", quantized=False)
+        engine_precision("int8", quantized=False)
     with pytest.raises(ValueError, match="must be one of"):
-        resolve_precision("bf8", quantized=False)
+        engine_precision("bf8", quantized=False)
 
 
-def test_progress_printer_prints_phases_throttled():
-    out = io.StringIO()
-    p = ProgressPrinter(out)
+def test_progress_printer_prints_phases_throttled(caplog):
+    caplog.set_level(logging.INFO, logger="sam3d_body_ros")
+    p = ProgressPrinter()
     p.phase_start("Building engine", None, 100)
     p.phase_start("Tactic selection", "Building engine", 3)
     for i in range(100):
@@ -163,7 +163,7 @@ def test_progress_printer_prints_phases_throttled():
     for i in range(3):
         p.step_complete("Tactic selection", i)
     p.phase_finish("Tactic selection")
-    lines = out.getvalue().splitlines()
+    lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "Building engine (100 steps)" and lines[1] == "  Tactic selection (3 steps)"
     assert sum(line.startswith("Building engine: ") for line in lines) == 10  # every 10 %
     assert "  Tactic selection: 3/3" in lines

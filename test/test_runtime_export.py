@@ -7,9 +7,14 @@ from onnx import TensorProto, helper
 
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.runtime.backend import create_backend
-from sam3d_body_ros.runtime.fidelity import rel_l2
-from sam3d_body_ros.runtime.onnx_export import FORBIDDEN_OPS, export_backbone, export_onnx, graph_problems
 from sam3d_body_ros.runtime.pt2_backend import export_program
+from sam3d_body_ros.tools.fidelity import rel_l2
+from sam3d_body_ros.tools.onnx_export import (
+    FORBIDDEN_OPS,
+    export_backbone,
+    export_onnx,
+    graph_problems,
+)
 
 
 @pytest.fixture(scope="module")

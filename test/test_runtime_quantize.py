@@ -18,9 +18,9 @@ from skimage import data
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.core.errors import InputError
 from sam3d_body_ros.runtime.backend import create_backend
-from sam3d_body_ros.runtime.fidelity import feature_fidelity, token_cosine
-from sam3d_body_ros.runtime.onnx_export import export_backbone, export_onnx
-from sam3d_body_ros.runtime.quantize import (
+from sam3d_body_ros.tools.fidelity import feature_fidelity, token_cosine
+from sam3d_body_ros.tools.onnx_export import export_backbone, export_onnx
+from sam3d_body_ros.tools.quantize import (
     Sample,
     attention_gemms,
     augmented_views,
@@ -170,7 +170,7 @@ def _write(path, obj):
 
 def test_large_model_layout_with_external_data(monkeypatch, tmp_path, photos):
     """The > 2 GB path of the full model, forced at tiny size: weights in .onnx.data for export and quantization."""
-    from sam3d_body_ros.runtime import onnx_export, quantize
+    from sam3d_body_ros.tools import onnx_export, quantize
 
     monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT_BYTES", 1_000_000)
     monkeypatch.setattr(quantize, "PROTOBUF_LIMIT_BYTES", 1_000_000)

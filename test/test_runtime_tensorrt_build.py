@@ -5,11 +5,11 @@ import sys
 import types
 
 import pytest
+from onnx_factory import patch_conv_onnx
 
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.runtime import tensorrt_backend
 from sam3d_body_ros.runtime.engine_cache import BuildSettings
-from test_runtime_artifacts import patch_conv_onnx
 
 
 def fake_tensorrt(version, with_fp16_flag):

@@ -13,7 +13,7 @@ import torch
 from sam3d_body_ros.core.backbone import build_backbone
 from sam3d_body_ros.core.config import TINY
 from sam3d_body_ros.runtime.backend import BACKENDS, BackboneBackend, create_backend
-from sam3d_body_ros.runtime.bench import parse_backends, synthetic_frame
+from sam3d_body_ros.tools.bench import parse_backends, synthetic_frame
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_int8_backend_is_registered() -> None:
 
 @pytest.mark.parametrize("name,precision", [("torch", "int8"), ("torch", "int4"), ("torch-int8", "bf16")])
 def test_unsupported_precision_is_rejected(name: str, precision: str) -> None:
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match=f"the {name} backend takes precision auto or one of .*, not '{precision}'"):
         create_backend(name, TINY, device="cpu", precision=precision)
 
 
@@ -103,14 +103,24 @@ def node_running(pid: int) -> bool:
 
 
 def test_auto_backend_device_and_precision_on_a_cpu_machine() -> None:
-    from sam3d_body_ros.runtime.backend import resolve_backend, resolve_device, resolve_precision
+    from sam3d_body_ros.runtime.backend import (
+        backend_spec,
+        resolve_backend,
+        resolve_device,
+        resolve_precision,
+    )
 
     assert resolve_device("auto") == torch.device("cpu")  # CI has no GPU
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_backend("auto", cpu) == "torch" and resolve_backend("auto", cuda) == "torch-int8"
     assert resolve_backend("onnxruntime", cuda) == "onnxruntime"
-    assert resolve_precision("torch", "auto", cpu) == "fp32" and resolve_precision("torch-int8", "auto", cpu) == "int8"
-    assert resolve_precision("torch", "bf16", cpu) == "bf16"
+    torch_spec, int8_spec = backend_spec("torch"), backend_spec("torch-int8")
+    assert resolve_precision(torch_spec, "auto", cpu) == "fp32" and resolve_precision(int8_spec, "auto", cpu) == "int8"
+    assert resolve_precision(torch_spec, "bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="takes precision auto or one of fp32, bf16, fp16, not 'fp8'"):
+        resolve_precision(torch_spec, "fp8", cpu)
+    with pytest.raises(ValueError, match="no usable CUDA GPU"):
+        resolve_device("cuda")
     backend = create_backend("auto", TINY, device="auto", precision="auto")
     assert (backend.name, backend.precision, backend.device.type) == ("torch", "fp32", "cpu")
     with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):

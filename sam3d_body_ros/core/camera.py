@@ -6,9 +6,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torch import nn
 
-from .decoder import LayerNorm2d
+from .decoder import LN_EPS
+from .errors import InputError
 
 RAY_FOURIER_BANDS = 16
 RAY_FOURIER_MAX_FREQ = 32.0  # upstream max_resolution 64 / 2
@@ -19,6 +21,23 @@ def default_intrinsics(width: int, height: int) -> np.ndarray:
     """Upstream default K when none is given: focal = image diagonal, principal point = image centre."""
     f = math.sqrt(width * width + height * height)
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]], dtype=np.float64)
+
+
+def resolve_intrinsics(K: np.ndarray | None, width: int, height: int) -> tuple[np.ndarray, str | None]:
+    """(K as float64 3x3, None), or (default_intrinsics, why) when K is None or all zero (ROS's "uncalibrated");
+    InputError for a K that is malformed (shape, NaN/inf, focal length <= 0)."""
+    if K is None:
+        return default_intrinsics(width, height), "no camera intrinsics given"
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise InputError(f"intrinsics must be 3x3, got shape {K.shape}")
+    if not np.isfinite(K).all():
+        raise InputError("intrinsics K contain NaN or infinity")
+    if not K.any():
+        return default_intrinsics(width, height), "camera intrinsics K are all zero (an uncalibrated camera)"
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError(f"intrinsics K have non-positive focal length (fx={K[0, 0]}, fy={K[1, 1]})")
+    return K, None
 
 
 def cliff_condition(center: torch.Tensor, side: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -76,7 +95,7 @@ class RayEncoder(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.conv = nn.Conv2d(embed_dim + RAY_CHANNELS, embed_dim, kernel_size=1, bias=False)
-        self.norm = LayerNorm2d(embed_dim)
+        self.norm = LayerNorm2d(embed_dim, eps=LN_EPS)
 
     def forward(self, features: torch.Tensor, rays: torch.Tensor) -> torch.Tensor:
         """features (N,C,h,w), rays (N,2,H,W) per crop pixel -> conditioned features (N,C,h,w)."""

@@ -1,15 +1,13 @@
-"""Upstream SAM 3D Body weights: `model.ckpt` + `model_config.yaml` + `assets/mhr_model.pt` -> backbone state + head.
-
-Also builds the weight-less head (seeded random weights + synthetic MHR rig) that the package runs without weights.
-"""
+"""Upstream SAM 3D Body weights: `model.ckpt` + `model_config.yaml` + `assets/mhr_model.pt` -> backbone state + head."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import yaml
@@ -19,9 +17,7 @@ from .backbone import build_backbone
 from .config import FULL, TINY, DecoderConfig, MHRConfig, ModelConfig
 from .crop import IMAGENET_MEAN, IMAGENET_STD
 from .errors import WeightsError
-from .heads import (BODY_HAND_PARAM_IDXS, HAND_JOINT_DOFS, NUM_BODY_PARAMS, NUM_HAND_CONT, NUM_HAND_PARAMS, NUM_SCALE,
-                    body_params_to_cont)
-from .mhr import MHRAssetError, MHRBody, MHRRig, load_mhr_asset, synthetic_keypoint_mapping, synthetic_rig
+from .mhr import MHRAssetError, MHRBody, MHRRig, load_mhr_asset
 from .model import BODY_MODE_UNUSED_PREFIXES, SAM3DBodyHead
 
 WEIGHTS_FILE = "model.ckpt"
@@ -144,13 +140,22 @@ def _check_keys(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.
 
 
 def _read_state_dict(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise WeightsError(f"{WEIGHTS_FILE} is empty ({path}): the download was interrupted; fetch it again")
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip archive (legacy: a pickle)
+        raise WeightsError(f"{WEIGHTS_FILE} is not a PyTorch checkpoint ({path}): expected upstream's model.ckpt; "
+                           f"fetch it again")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise WeightsError(f"{WEIGHTS_FILE} is damaged ({path}): {str(exc).splitlines()[0]}; fetch it again") from exc
         raise WeightsError(f"{WEIGHTS_FILE} holds more than tensors ({path}): load it with trust_pickle=True "
                            f"(torch weights_only=False) only if you trust its source") from exc
-    except (OSError, RuntimeError) as exc:
-        raise WeightsError(f"cannot read {WEIGHTS_FILE} ({path}): {exc}") from exc
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise WeightsError(f"cannot read {WEIGHTS_FILE} ({path}): {str(exc).splitlines()[0]}; fetch it again") from exc
     if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
         ckpt = ckpt["state_dict"]
     if not isinstance(ckpt, Mapping) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
@@ -215,47 +220,3 @@ def rig_config(rig: MHRRig) -> MHRConfig:
     """MHR sizes of a rig (vertex, face, joint counts and corrective width); other sizes are MHR's fixed ones."""
     return dataclasses.replace(MHRConfig(), num_vertices=rig.num_vertices, num_faces=int(rig.faces.shape[0]),
                                num_joints=rig.num_joints, corrective_hidden=rig.corrective_hidden)
-
-
-# Synthetic hand slots for the weight-less head: MHR's body hand DoFs (BODY_HAND_PARAM_IDXS) shifted past the 6
-# global params, left hand first. The real indices come from the checkpoint.
-_SYNTHETIC_HAND_IDXS = torch.tensor(BODY_HAND_PARAM_IDXS) + 6
-RANDOM_OUTPUT_LAYER_GAIN = 0.01  # random heads predict small deltas around the init pose / camera
-# Crop camera (s, tx, ty) before upstream's sign flip of s and ty: the body (~1.8 m) fills the crop and its pelvis
-# (0.92 m above the MHR origin) lands near the box centre.
-RANDOM_INIT_CAMERA = (-0.9, 0.0, -0.9)
-
-
-def _hand_zero_cont() -> torch.Tensor:
-    """Hand cont (54) of all-zero joint angles: 6D identity for 3-DoF joints, (sin, cos) = (0, 1) otherwise."""
-    parts = [[1.0, 0.0, 0.0, 0.0, 1.0, 0.0] if k == 3 else [0.0, 1.0] * k for k in HAND_JOINT_DOFS]
-    cont = torch.tensor([v for p in parts for v in p])
-    assert cont.numel() == NUM_HAND_CONT
-    return cont
-
-
-def random_head(cfg: ModelConfig, seed: int = 0) -> SAM3DBodyHead:
-    """Seeded RANDOM head on a SYNTHETIC rig (no weights): a T-posed body near the init, not a real estimate."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        rig = synthetic_rig(cfg.mhr, seed=seed)
-        head = SAM3DBodyHead(cfg, MHRBody(rig))
-        hp = head.head_pose
-        with torch.no_grad():
-            for proj in (hp.proj, head.head_camera.proj):
-                proj.layers[1].weight.mul_(RANDOM_OUTPUT_LAYER_GAIN)
-                proj.layers[1].bias.zero_()
-            zero_pose = torch.cat([torch.tensor([1.0, 0, 0, 0, 1, 0]), body_params_to_cont(torch.zeros(NUM_BODY_PARAMS))])
-            head.init_pose.weight.zero_()
-            head.init_pose.weight[0, : zero_pose.numel()] = zero_pose
-            head.init_camera.weight.copy_(torch.tensor([RANDOM_INIT_CAMERA]))
-            hp.joint_rotation.copy_(torch.eye(3).expand_as(hp.joint_rotation))
-            hp.scale_comps.copy_(0.1 * torch.eye(NUM_SCALE, hp.scale_comps.shape[1]))
-            hp.hand_pose_mean.copy_(_hand_zero_cont())
-            hp.hand_joint_idxs_left.copy_(_SYNTHETIC_HAND_IDXS[:NUM_HAND_PARAMS])
-            hp.hand_joint_idxs_right.copy_(_SYNTHETIC_HAND_IDXS[NUM_HAND_PARAMS:])
-            hp.keypoint_mapping.copy_(synthetic_keypoint_mapping(cfg.mhr, seed=seed))
-            hp.faces.copy_(rig.faces)
-        hp.prepare_fast_keypoints()
-    head.weights_description = f"RANDOM weights (seed {seed}) + SYNTHETIC MHR rig: not a real body estimate"
-    return head

@@ -21,22 +21,6 @@ class LayerNorm32(nn.LayerNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of (N,C,H,W) maps (SAM style, eps 1e-6)."""
-
-    def __init__(self, channels: int, eps: float = LN_EPS) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
-
-
 class FFN(nn.Module):
     """Two-layer feed-forward net without residual; keys `layers.0.0` (hidden) and `layers.1` (output)."""
 

@@ -65,11 +65,7 @@ def _hand_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 
 def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
     """(..., 6) = two columns -> (..., 3, 3) rotation by Gram-Schmidt (upstream `rot6d_to_rotmat`)."""
-    a1, a2 = x[..., :3], x[..., 3:]
-    b1 = F.normalize(a1, dim=-1)
-    b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
-    b3 = torch.linalg.cross(b1, b2, dim=-1)
-    return torch.stack([b1, b2, b3], dim=-1)
+    return roma.special_gramschmidt(x.unflatten(-1, (2, 3)).transpose(-1, -2))
 
 
 def intrinsic_zyx_euler(rotmat: torch.Tensor, epsilon: float = 1e-7) -> torch.Tensor:

@@ -51,6 +51,11 @@ COCO17_FROM_MHR70: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 62, 41, 9, 10, 
 # The pelvis is the mean of these two MHR70 keypoints (left hip, right hip).
 PELVIS_KEYPOINTS: tuple[int, int] = (9, 10)
 
+# Display colour of each person (8-bit RGB, cycled): pictures and RViz markers use the same table.
+PERSON_COLORS: tuple[tuple[int, int, int], ...] = (
+    (80, 170, 255), (255, 140, 60), (110, 220, 110), (230, 90, 200), (240, 220, 80),
+)
+
 # `character_torch.skeleton.joint_names` / `joint_parents` of upstream `mhr_model.pt` (LOD1).
 MHR_JOINT_NAMES: tuple[str, ...] = (
     "body_world", "root", "l_upleg", "l_lowleg", "l_foot", "l_talocrural", "l_subtalar",

@@ -6,15 +6,22 @@ over persons, device-agnostic and has no host syncs or data-dependent Python bra
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .camera import RayEncoder, cam_translation, cliff_condition, project_points, ray_map
+from .camera import (
+    RayEncoder,
+    cam_translation,
+    cliff_condition,
+    project_points,
+    ray_map,
+)
 from .config import ModelConfig
 from .decoder import FFN, PromptableDecoder
 from .heads import NUM_CAM, NUM_POSE, CameraHead, MHRHead
+from .keypoints import PELVIS_KEYPOINTS
 from .prompt import LABEL_INVALID, PromptEncoder
 
 # Checkpoint prefixes of modules that body mode does not build: the hand decoder branch and the hand-box outputs
@@ -39,7 +46,6 @@ BODY_MODE_UNUSED_PREFIXES = (
     "bbox_embed.",
 )
 NUM_HAND_TOKENS = 2
-PELVIS_KEYPOINTS = (9, 10)  # left / right hip in MHR70
 CLIFF_DIM = 3
 
 

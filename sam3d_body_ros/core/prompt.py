@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.layers import LayerNorm2d
 from torch import nn
 
-from .decoder import LayerNorm2d
+from .decoder import LN_EPS
 
 LABEL_INVALID = -2  # dummy / padding prompt
 LABEL_NOT_A_POINT = -1
@@ -44,7 +45,7 @@ def _mask_downscaling(embed_dim: int) -> nn.Sequential:
     chans = [1, 4, 16, 64, 256]
     layers: list[nn.Module] = []
     for cin, cout in zip(chans[:-1], chans[1:]):
-        layers += [nn.Conv2d(cin, cout, kernel_size=2, stride=2), LayerNorm2d(cout), nn.GELU()]
+        layers += [nn.Conv2d(cin, cout, kernel_size=2, stride=2), LayerNorm2d(cout, eps=LN_EPS), nn.GELU()]
     layers.append(nn.Conv2d(chans[-1], embed_dim, kernel_size=1))
     return nn.Sequential(*layers)
 

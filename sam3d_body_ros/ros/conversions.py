@@ -78,13 +78,8 @@ def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None,
 
 
 def camera_info_to_K(msg: CameraInfo) -> np.ndarray:
-    """3x3 float64 intrinsics from CameraInfo.k; InputError if NaN/inf, uncalibrated (all zero) or focal <= 0."""
-    from ..core.pipeline import check_intrinsics  # imports torch: deferred until a frame is processed
-
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if np.isfinite(K).all() and not K.any():
-        raise InputError("camera_info K is all zero (uncalibrated camera)")
-    return check_intrinsics(K, int(msg.width), int(msg.height))
+    """3x3 float64 intrinsics from CameraInfo.k, as sent (the pipeline checks them: core.camera.resolve_intrinsics)."""
+    return np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
 
 
 @dataclass

@@ -10,12 +10,10 @@ from geometry_msgs.msg import Point, Pose, PoseArray
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from ..core.keypoints import PELVIS_KEYPOINTS, SKELETON_EDGES
+from ..core.keypoints import PELVIS_KEYPOINTS, PERSON_COLORS, SKELETON_EDGES
 
 MESH_NS = "mesh"
 SKELETON_NS = "skeleton"
-# RGBA in [0, 1], one per person slot (cycled).
-PERSON_COLORS = [(0.31, 0.67, 1.0), (1.0, 0.55, 0.24), (0.43, 0.86, 0.43), (0.9, 0.35, 0.78), (0.94, 0.86, 0.31)]
 SKELETON_EDGE_ARRAY = np.array(SKELETON_EDGES, dtype=np.int64)
 
 
@@ -33,7 +31,7 @@ class MarkerSpec:
 
 
 def _color(slot: int, alpha: float) -> tuple[float, float, float, float]:
-    return (*PERSON_COLORS[slot % len(PERSON_COLORS)], alpha)
+    return (*(c / 255.0 for c in PERSON_COLORS[slot % len(PERSON_COLORS)]), alpha)
 
 
 def marker_specs(vertices: np.ndarray | None, faces: np.ndarray | None, keypoints: np.ndarray,

@@ -1,6 +1,13 @@
-"""The `sam3d_body` node: image + camera_info + person detections -> body meshes, joints and boxes in 3D."""
+"""The `sam3d_body` node: image + camera_info + person detections -> body meshes, joints and boxes in 3D.
+
+A managed (lifecycle) node: `configure` loads the model and warms it up, `activate` starts serving, `deactivate`
+stops publishing without unloading, `cleanup` frees the model (and the GPU), `shutdown` ends. With `autostart`
+(the default) it configures and activates itself when constructed. Parameters come from ros/params.py: live ones
+take effect on the next frame, start-up ones are refused while configured.
+"""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -12,55 +19,23 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from ..core.errors import InputError, WeightsError
+from ..core.errors import CONFIG_ERRORS, InputError
 from ..core.keypoints import MHR70_NAMES, MHR_JOINT_NAMES
 from . import conversions, markers
 from .diagnostics import NodeHealth
+from .params import PARAMS, PIPELINE_PARAMS, SCHEMA, usage
 from .qos import describe, make_qos
 from .sync import Frame, StampSynchronizer
 
 NODE_NAME = "sam3d_body"
-# name -> (default, description); dotted names are nested keys in config/mesh.yaml.
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "model_config": ("tiny", "model size without weights_dir: tiny (fast, for tests/demo) or full (840M backbone)"),
-    "backend": ("auto", "backbone runtime: auto (torch-int8 on CUDA, torch on CPU), torch, torch-int8, onnxruntime, "
-                        "tensorrt, pt2"),
-    "precision": ("auto", "backbone precision: auto (backend default for the device), fp32, bf16, fp16, fp8, int8"),
-    "device": ("auto", "torch device: auto (cuda if usable, else cpu), cpu or cuda[:N]"),
-    "warm_up": (True, "on CUDA, compile and capture every person count up to max_persons (<= 8) before serving"),
-    "weights_dir": ("", "upstream checkpoint dir (model.ckpt, model_config.yaml, assets/mhr_model.pt); empty: random"),
-    "backbone_file": ("", "backbone artifact for onnxruntime/tensorrt/pt2 (.onnx, .engine, .pt2)"),
-    "engine_cache_dir": ("", "TensorRT engine cache dir (empty: $SAM3D_BODY_ENGINE_CACHE or ~/.cache/...)"),
-    "seed": (0, "seed of the random weights used without weights_dir"),
-    "max_persons": (10, "at most this many persons per frame, highest scores first (0: no limit)"),
-    "score_threshold": (0.0, "ignore detections whose score is below this"),
-    "class_ids": ("", "comma-separated detection class ids to keep (e.g. 'person,0'); empty keeps every class"),
-    "sync_slop": (0.0, "stamp tolerance in s for matching image/detections/camera_info; 0 = exact stamps"),
-    "sync_queue_size": (10, "messages kept per input while waiting for their partners"),
-    "camera_info_wait": (0.1, "s to wait for a late camera_info before using default intrinsics"),
-    "image_qos.reliability": ("reliable", "image subscription: reliable or best_effort"),
-    "image_qos.depth": (1, "image subscription queue depth"),
-    "camera_info_qos.reliability": ("reliable", "camera_info subscription: reliable or best_effort"),
-    "camera_info_qos.depth": (5, "camera_info subscription queue depth"),
-    "detections_qos.reliability": ("reliable", "detections subscription: reliable or best_effort"),
-    "detections_qos.depth": (5, "detections subscription queue depth"),
-    "output_qos.reliability": ("reliable", "publishers: reliable or best_effort"),
-    "output_qos.depth": (5, "publisher queue depth"),
-    "publish_mesh": (True, "include the TRIANGLE_LIST mesh in ~/markers (skeleton only when false)"),
-    "publish_markers": (True, "publish ~/markers"),
-    "publish_joints": (True, "publish ~/joints"),
-    "publish_keypoints": (True, "publish ~/keypoints"),
-    "publish_bodies": (True, "publish ~/bodies"),
-    "publish_diagnostics": (True, "publish /diagnostics"),
-    "diagnostics_period": (1.0, "s between /diagnostics messages"),
-}
 FLIP = np.diag([1.0, -1.0, -1.0])  # F applied to pred_global_rots for joint orientations in the camera frame
 
 
@@ -118,97 +93,208 @@ class _Result:
     t0: float  # perf_counter at the start of the frame
 
 
-class MeshNode(Node):
+class _RosLogHandler(logging.Handler):
+    """Routes the package's `logging` records (backends, engine builds) to the node's ROS logger."""
+
+    def __init__(self, node: LifecycleNode) -> None:
+        super().__init__()
+        self.logger = node.get_logger()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}.get(record.levelno, "error")
+        getattr(self.logger, level)(self.format(record))
+
+
+class MeshNode(LifecycleNode):
     """Synchronises the inputs, runs BodyPipeline on a worker thread (newest frame only) and publishes."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self._frames = _Slot()  # newest synchronised frame waiting for the worker
-        self._worker = threading.Thread(target=self._work, name="sam3d_body_worker", daemon=True)
-        # Results wait here for the publisher thread, so the worker infers frame k+1 while frame k is published
-        # (5 persons on the H100: 24 ms inference + 14 ms building/publishing 13 MB of markers).
-        self._results = _Slot()
-        self._publisher = threading.Thread(target=self._publish_loop, name="sam3d_body_publisher", daemon=True)
-        for name, (default, text) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=text))
+        for p in PARAMS:
+            kind = "live: takes effect on the next frame" if p.live else "start-up: read when the node configures"
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(
+                description=f"{p.description} ({kind})", additional_constraints=", ".join(map(str, p.choices))))
         ro = ParameterDescriptor(read_only=True, description="names in output order")
         self.declare_parameter("joint_names", list(MHR_JOINT_NAMES), ro)
         self.declare_parameter("keypoint_names", list(MHR70_NAMES), ro)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self.params = p
-        qos = {k: make_qos(p[f"{k}_qos.reliability"], p[f"{k}_qos.depth"])
-               for k in ("image", "camera_info", "detections", "output")}
-        self.class_ids = frozenset(c.strip() for c in p["class_ids"].split(",") if c.strip())
-        log = self.get_logger()
+        self.params: dict[str, Any] = {p.name: self.get_parameter(p.name).value for p in PARAMS}
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._log_handler = _RosLogHandler(self)
+        logging.getLogger("sam3d_body_ros").addHandler(self._log_handler)
+        logging.getLogger("sam3d_body_ros").setLevel(logging.INFO)
 
         self.health = NodeHealth(f"{self.get_name()}: body mesh")
-        self._slots = 0
-        self._first_markers = True
+        self.pipeline = None
+        self.config_error: str | None = None  # why the last configure failed
+        self._active = False
+        self._diag_timer = None
+        self._pubs: dict[str, Any] = {}
+        self._subs: list[Any] = []
+        self._timers: list[Any] = []
+        self._intrinsics: dict[str, CameraInfo] = {}  # frame_id -> latest valid camera_info
+        self._cached_info_noted: set[str] = set()
+        self._matched_since_unmatched = 0
         self._unmatched_seen: dict[str, int] = {}
-        self._load_pipeline(p)
+        self._apply_live(self.params)
+        if self.params["autostart"]:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
 
-        self.sync = StampSynchronizer(("image", "detections"), ("camera_info",), slop=p["sync_slop"],
-                                      queue_size=p["sync_queue_size"], optional_wait=p["camera_info_wait"])
-        self.create_subscription(Image, "image", lambda m: self._on_input("image", m), qos["image"])
-        self.create_subscription(CameraInfo, "camera_info", lambda m: self._on_input("camera_info", m),
-                                 qos["camera_info"])
+    # ---------------------------------------------------------------- parameters
+    def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Accept live parameters with valid values; refuse start-up ones while configured, with the reason."""
+        configured = self.pipeline is not None
+        for p in params:
+            spec = SCHEMA.get(p.name)
+            if spec is None:
+                continue  # joint_names / keypoint_names: read-only, refused by rclpy itself
+            problem = spec.check(p.value)
+            if problem:
+                return SetParametersResult(successful=False, reason=problem)
+            if not spec.live and configured:
+                return SetParametersResult(successful=False, reason=(
+                    f"{p.name} is read when the node configures: deactivate and clean up the node "
+                    f"(ros2 lifecycle set {self.get_fully_qualified_name()} deactivate, then cleanup), set it, "
+                    f"then configure and activate again"))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        changed = {p.name: p.value for p in params if p.name in SCHEMA}
+        self.params.update(changed)
+        self._apply_live(changed)
+
+    def _apply_live(self, changed: dict[str, Any]) -> None:
+        """Make live parameter values take effect (filters, sync tolerances, diagnostics)."""
+        p = self.params
+        if "class_ids" in changed:
+            self.class_ids = frozenset(c.strip() for c in p["class_ids"].split(",") if c.strip())
+        if {"sync_slop", "sync_queue_size", "camera_info_wait"} & set(changed):
+            self.sync = StampSynchronizer(("image", "detections"), ("camera_info",), slop=p["sync_slop"],
+                                          queue_size=p["sync_queue_size"], optional_wait=p["camera_info_wait"])
+        if {"publish_diagnostics", "diagnostics_period"} & set(changed) and self.pipeline is not None:
+            self._restart_diagnostics()
+        if self.pipeline is not None and changed:
+            self.get_logger().info("parameters now in effect: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
+
+    def _restart_diagnostics(self) -> None:
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self.params["publish_diagnostics"]:
+            self._diag_timer = self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics)
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load and warm up the model, create subscriptions and publishers; a bad configuration fails with one line."""
+        try:
+            for p in PARAMS:  # values given at start-up (command line, params file) skip the set-parameters check
+                problem = p.check(self.params[p.name])
+                if problem:
+                    raise ValueError(problem)
+            self._load_pipeline()
+        except CONFIG_ERRORS as e:
+            self.config_error = f"cannot configure: {e}"
+            if not self.params["autostart"]:  # with autostart the caller reports it (mesh_node: one line, exit 2)
+                self.get_logger().error(self.config_error)
+            self.health.error = self.config_error
+            return TransitionCallbackReturn.FAILURE
+        self.config_error = None
+        self.health.error = None
+        p = self.params
+        qos = {k: make_qos(p[f"{k}_qos.reliability"], p[f"{k}_qos.depth"])
+               for k in ("image", "camera_info", "detections", "output")}
         from vision_msgs.msg import Detection2DArray, Detection3DArray
 
-        self.create_subscription(Detection2DArray, "detections", lambda m: self._on_input("detections", m),
-                                 qos["detections"])
+        self._subs = [
+            self.create_subscription(Image, "image", lambda m: self._on_input("image", m), qos["image"]),
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos["camera_info"]),
+            self.create_subscription(Detection2DArray, "detections", lambda m: self._on_input("detections", m),
+                                     qos["detections"]),
+        ]
         out = qos["output"]
-        self.pub_markers = self.create_publisher(MarkerArray, "~/markers", out) if p["publish_markers"] else None
-        self.pub_joints = self.create_publisher(PoseArray, "~/joints", out) if p["publish_joints"] else None
-        self.pub_keypoints = self.create_publisher(PoseArray, "~/keypoints", out) if p["publish_keypoints"] else None
-        self.pub_bodies = self.create_publisher(Detection3DArray, "~/bodies", out) if p["publish_bodies"] else None
-        self.pub_diag = None
-        if p["publish_diagnostics"]:
-            self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-            self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
-        self.create_timer(0.02, self._poll_sync)
+        self._pubs = {"markers": self.create_publisher(MarkerArray, "~/markers", out),
+                      "joints": self.create_publisher(PoseArray, "~/joints", out),
+                      "keypoints": self.create_publisher(PoseArray, "~/keypoints", out),
+                      "bodies": self.create_publisher(Detection3DArray, "~/bodies", out),
+                      "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10)}
+        self._timers = [self.create_timer(0.02, self._poll_sync)]
+        self._restart_diagnostics()
         self.cdr_ok = cdr_matches_rmw()
-        if self.cdr_ok:
-            log.info("markers and pose arrays: serialised with the numpy CDR writer (checked against this rmw)")
-        else:
-            log.warning("this rmw serialises MarkerArray/PoseArray differently from the built-in CDR writer; "
-                        "publishing message objects (slower for large meshes)")
-
+        if not self.cdr_ok:
+            self.get_logger().warning("this ROS middleware encodes MarkerArray/PoseArray differently from the "
+                                      "package's fast encoder; publishing message objects (slower for large meshes)")
+        self._slots, self._first_markers = 0, True
+        self._frames, self._results = _Slot(), _Slot()
+        self._threads = [threading.Thread(target=self._work, name="sam3d_body_worker", daemon=True),
+                         threading.Thread(target=self._publish_loop, name="sam3d_body_publisher", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        log = self.get_logger()
         for k, prof in qos.items():
             log.info(f"QoS {k}: {describe(prof)}")
         sync = "exact stamps" if p["sync_slop"] == 0 else f"approximate, slop {p['sync_slop']} s"
         log.info(f"sync: {sync}; class_ids: {sorted(self.class_ids) or 'all'}; score >= {p['score_threshold']}; "
                  f"max_persons {p['max_persons']}")
+        return TransitionCallbackReturn.SUCCESS
 
-        self._worker.start()
-        self._publisher.start()
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = True
+        self.get_logger().info("active: serving")
+        return TransitionCallbackReturn.SUCCESS
 
-    # ---------------------------------------------------------------- set-up
-    def _load_pipeline(self, p: dict[str, Any]) -> None:
-        """Build BodyPipeline (imports torch here); missing/bad weights fall back to random weights, loudly."""
-        from ..core.pipeline import BodyPipeline, PipelineSettings
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        self.get_logger().info("inactive: inputs are ignored, nothing is published (the model stays loaded)")
+        return TransitionCallbackReturn.SUCCESS
 
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("cleaned up: model unloaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Stop the threads, drop subscriptions/publishers/timers and the model (freeing GPU memory)."""
+        self._active = False
+        if self.pipeline is None:
+            return
+        self._frames.close()
+        self._results.close()
+        for thread in self._threads:
+            thread.join(timeout=1.0)
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        for timer in self._timers + [self._diag_timer]:
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._subs, self._pubs, self._timers, self._diag_timer = [], {}, [], None
+        device = self.pipeline.device
+        self.pipeline = None
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _load_pipeline(self) -> None:
+        """Build BodyPipeline (imports torch here); errors propagate to on_configure."""
+        from ..pipeline import BodyPipeline, PipelineSettings
+
+        p = self.params
         if p["engine_cache_dir"]:
             from ..runtime.engine_cache import CACHE_ENV
 
             os.environ[CACHE_ENV] = p["engine_cache_dir"]  # where the tensorrt backend caches built engines
-        kw = dict(model_config=p["model_config"], backend=p["backend"], weights_dir=p["weights_dir"] or None,
-                  backbone_file=p["backbone_file"] or None, device=p["device"], precision=p["precision"],
-                  seed=p["seed"])
-        try:
-            self.pipeline = BodyPipeline(PipelineSettings(**kw))
-            self.weights_problem = None
-        except (WeightsError, FileNotFoundError) as e:
-            if not p["weights_dir"]:
-                raise  # not a weights problem (e.g. the backend's runtime is missing): nothing to fall back to
-            self.weights_problem = f"weights could not be loaded ({e}); running with RANDOM weights"
-            self.get_logger().error(self.weights_problem)
-            self.health.warn("weights", self.weights_problem)
-            self.pipeline = BodyPipeline(PipelineSettings(**{**kw, "weights_dir": None}))
-        pipe = self.pipeline
+        kw = {k: p[k] for k in PIPELINE_PARAMS}
+        kw.update(weights_dir=p["weights_dir"] or None, backbone_file=p["backbone_file"] or None)
+        pipe = BodyPipeline(PipelineSettings(**kw))
         self.health.info.update(backend=pipe.backend_name, model_config=pipe.cfg.name, weights=pipe.weights_status,
                                 device=str(pipe.device))
-        if self.weights_problem:
-            self.health.error = self.weights_problem
         self.get_logger().info(f"model {pipe.cfg.name}, backend {pipe.backend_name} on {pipe.device}; "
                                f"{pipe.weights_status}")
         if p["warm_up"] and pipe.device.type == "cuda":
@@ -218,6 +304,7 @@ class MeshNode(Node):
             t0 = time.monotonic()
             pipe.warm_up(n)
             self.get_logger().info(f"warm-up done in {time.monotonic() - t0:.1f} s")
+        self.pipeline = pipe
 
     # ---------------------------------------------------------------- inputs
     def _warn(self, kind: str, message: str) -> None:
@@ -225,22 +312,44 @@ class MeshNode(Node):
         if self.health.warn(kind, message):
             self.get_logger().warning(message)
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        K = conversions.camera_info_to_K(msg)
+        if self._active and msg.width > 0 and np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0:
+            self._intrinsics[msg.header.frame_id] = msg  # the latest valid one per frame, for images without their own
+        self._on_input("camera_info", msg)
+
     def _on_input(self, key: str, msg: Any) -> None:
-        frames = self.sync.add(key, conversions.stamp_ns(msg.header), msg, time.monotonic())
-        self._submit(frames)
+        if not self._active:
+            return
+        stamp = conversions.stamp_ns(msg.header)
+        jump = self.sync.time_jump(key, stamp)
+        if jump:
+            self.health.count("time_jumps")
+            self.get_logger().warning(f"time jumped back by {jump / 1e9:.3f} s (bag loop, simulator reset or camera "
+                                      f"restart): synchroniser reset, serving from stamp {stamp / 1e9:.3f} s")
+        self._submit(self.sync.add(key, stamp, msg, time.monotonic()))
 
     def _poll_sync(self) -> None:
-        self._submit(self.sync.poll(time.monotonic()))
+        frames = self.sync.poll(time.monotonic())
+        self._submit(frames)
         stats = self.sync.stats
         for key, n in stats.unmatched.items():
             self.health.set_counter(f"unmatched_{key}", n)
         new = stats.unmatched["detections"] - self._unmatched_seen.get("detections", 0)
         if new > 0:
             stamp = stats.last_unmatched["detections"]
-            self._warn("detections_without_image",
-                       f"{new} Detection2DArray message(s) had no image with the same stamp "
-                       f"(last at {stamp / 1e9:.3f} s); check that the detector copies the image header "
-                       f"or set sync_slop")
+            if stats.frames > 0:
+                # Frames do match, so these detections lost their image on the way in (node or DDS queue full).
+                self.health.count("images_dropped", new)
+                self._warn("images_dropped",
+                           f"{new} image(s) dropped before reaching the node (busy, or the image queue is full: "
+                           f"image_qos.depth={self.params['image_qos.depth']}); their detections were skipped "
+                           f"(last at {stamp / 1e9:.3f} s)")
+            else:
+                self._warn("detections_without_image",
+                           f"{new} Detection2DArray message(s) had no image with the same stamp "
+                           f"(last at {stamp / 1e9:.3f} s); check that the detector copies the image header "
+                           f"or set sync_slop")
         self._unmatched_seen = dict(stats.unmatched)
 
     def _submit(self, frames: list[Frame]) -> None:
@@ -262,49 +371,64 @@ class MeshNode(Node):
             except Exception as e:  # keep serving later frames; the error is logged and in diagnostics
                 self._warn("inference", f"frame at {frame.stamp_ns / 1e9:.3f} s failed: {type(e).__name__}: {e}")
 
+    def _intrinsics_for(self, frame: Frame, width: int, height: int) -> np.ndarray | None:
+        """K of the frame's camera_info, else of the latest camera_info of the image's frame_id, else None."""
+        frame_id = frame.msgs["image"].header.frame_id
+        info = frame.msgs.get("camera_info")
+        if info is None:
+            info = self._intrinsics.get(frame_id)
+            if info is not None and frame_id not in self._cached_info_noted:
+                self._cached_info_noted.add(frame_id)
+                self.get_logger().info(f"no camera_info with the image's stamp: using the latest camera_info of "
+                                       f"frame '{frame_id}' (camera_info is normally static; said once)")
+        if info is None:
+            return None
+        if (info.width, info.height) != (width, height):
+            self._warn("camera_info_size", f"camera_info is for {info.width}x{info.height} images but the image is "
+                                           f"{width}x{height}: ignored (default intrinsics used); publish the "
+                                           f"camera_info of this image's resolution")
+            return None
+        return conversions.camera_info_to_K(info)
+
     def _process(self, frame: Frame) -> None:
         t0 = time.perf_counter()
         image_msg = frame.msgs["image"]
-        header = image_msg.header
         try:
             rgb = conversions.image_to_rgb(image_msg)
         except InputError as e:
             self._warn("image", f"image rejected: {e}")
             return
         h, w = rgb.shape[:2]
-        info = frame.msgs.get("camera_info")
-        if info is None:
-            self._warn("camera_info", "no camera_info with the image's stamp; using default intrinsics "
-                                      "(focal = image diagonal, centre)")
-            K = None
-        else:
-            try:
-                K = conversions.camera_info_to_K(info)
-            except InputError as e:
-                self._warn("intrinsics", f"frame skipped: {e}")
-                return
-        dets = conversions.detections_to_boxes(frame.msgs["detections"], self.class_ids,
-                                               self.params["score_threshold"], self.params["max_persons"])
+        K = self._intrinsics_for(frame, w, h)
+        p = self.params
+        dets = conversions.detections_to_boxes(frame.msgs["detections"], self.class_ids, p["score_threshold"],
+                                               p["max_persons"])
         if dets.rejected:
             self.health.count("detections_filtered", dets.rejected)  # by class_ids, score_threshold, max_persons
-        from ..core.crop import validate_boxes
-
-        valid, reasons = validate_boxes(dets.boxes, w, h)
-        for reason in reasons:
-            self._warn("box", f"detection dropped: {reason}")
-        keep = np.flatnonzero(valid)
-        boxes = dets.boxes[keep]
-        ids = [dets.ids[i] for i in keep]
-        cls = [dets.class_ids[i] for i in keep]
-        scores = dets.scores[keep]
         t1 = time.perf_counter()
-        result = self.pipeline.infer(rgb, boxes, K)
+        try:
+            result = self.pipeline.infer(rgb, dets.boxes, K, drop_invalid=True)
+        except InputError as e:
+            self._warn("intrinsics", f"frame at {frame.stamp_ns / 1e9:.3f} s skipped: {e}")
+            return
+        if result.intrinsics_note:
+            self._warn("camera_info", f"{result.intrinsics_note} for frame '{image_msg.header.frame_id}': using "
+                                      f"default intrinsics (focal = image diagonal, centre); joints may be off by "
+                                      f"tens of cm; publish a calibrated camera_info")
+        if result.rejected:
+            self.health.count("boxes_dropped", len(result.rejected))
+            self._warn("box", f"frame at {frame.stamp_ns / 1e9:.3f} s: {len(result.rejected)} detection(s) dropped: "
+                              + "; ".join(result.rejected))
+        keep = result.kept
         stages = {"convert": 1000 * (t1 - t0), **{k: v for k, v in result.timings_ms.items() if k != "total"}}
         # waits while the previous frame is still being published
-        self._results.put(_Result(header, result.outputs, result.faces, ids, cls, scores, stages, t0))
+        self._results.put(_Result(image_msg.header, result.outputs, result.faces, [dets.ids[i] for i in keep],
+                                  [dets.class_ids[i] for i in keep], dets.scores[keep], stages, t0))
 
     def _publish_loop(self) -> None:
         while (r := self._results.take()) is not None:
+            if not self._active:
+                continue
             t = time.perf_counter()
             try:
                 self._publish(r.header, r.outputs, r.faces, r.ids, r.class_ids, r.scores)
@@ -318,36 +442,36 @@ class MeshNode(Node):
 
     def _publish(self, header: Header, o: dict[str, np.ndarray], faces: np.ndarray, ids: list[str],
                  cls: list[str], scores: np.ndarray) -> None:
+        p, pubs = self.params, self._pubs
         cam_t = o["pred_cam_t"][:, None, :]
         verts = o["pred_vertices"] + cam_t
         kps = o["pred_keypoints_3d"] + cam_t
         n = len(verts)
-        if self.pub_markers is not None and self.pub_markers.get_subscription_count() > 0:  # 2.7 MB per person
-            mesh = verts if self.params["publish_mesh"] else None
+        if p["publish_markers"] and pubs["markers"].get_subscription_count() > 0:  # 2.7 MB per person
+            mesh = verts if p["publish_mesh"] else None
             specs = markers.marker_specs(mesh, faces, kps, self._slots, clear_all=self._first_markers)
             encode = markers.marker_array_cdr if self.cdr_ok else markers.marker_array
-            self.pub_markers.publish(encode(header, specs))
+            pubs["markers"].publish(encode(header, specs))
             self._slots, self._first_markers = n, False
         poses = markers.pose_array_cdr if self.cdr_ok else markers.pose_array
-        if self.pub_joints is not None:
-            self.pub_joints.publish(poses(header, o["pred_joint_coords"] + cam_t, joint_quaternions(o["pred_global_rots"])))
-        if self.pub_keypoints is not None:
-            self.pub_keypoints.publish(poses(header, kps))
-        if self.pub_bodies is not None:
-            self.pub_bodies.publish(markers.bodies(header, verts, kps, ids, cls, scores))
+        if p["publish_joints"]:
+            pubs["joints"].publish(poses(header, o["pred_joint_coords"] + cam_t,
+                                         joint_quaternions(o["pred_global_rots"])))
+        if p["publish_keypoints"]:
+            pubs["keypoints"].publish(poses(header, kps))
+        if p["publish_bodies"]:
+            pubs["bodies"].publish(markers.bodies(header, verts, kps, ids, cls, scores))
 
     def _publish_diagnostics(self) -> None:
         header = Header()
         header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(self.health.array(header, hardware_id=str(self.pipeline.device)))
+        hardware = str(self.pipeline.device) if self.pipeline is not None else ""
+        self._pubs["diagnostics"].publish(self.health.array(header, hardware_id=hardware))
 
     def destroy_node(self) -> None:
-        """Stop the worker thread, then destroy the node."""
-        self._frames.close()
-        self._results.close()
-        for thread in (self._worker, self._publisher):
-            if thread.is_alive():
-                thread.join(timeout=10.0)
+        """Stop the threads and free the model, then destroy the node."""
+        self._release()
+        logging.getLogger("sam3d_body_ros").removeHandler(self._log_handler)
         super().destroy_node()
 
 
@@ -382,13 +506,41 @@ def joint_quaternions(global_rots: np.ndarray) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of `mesh_node`: spin the node on a SingleThreadedExecutor until shut down; a configuration
-    error (bad parameter, missing backend runtime) ends it with one line on stderr and exit code 2."""
+    """Entry point of `mesh_node`. `--help` prints the parameters. The node starts on a helper thread so that
+    SIGINT/SIGTERM end the process within a fraction of a second at any moment (exit 0, no traceback); with
+    autostart a configuration error ends it with one line on stderr and exit code 2."""
+    argv = sys.argv[1:] if args is None else args
+    user_args = argv[: argv.index("--ros-args")] if "--ros-args" in argv else argv
+    if "-h" in user_args or "--help" in user_args:
+        print(usage())
+        sys.exit(0)
     rclpy.init(args=args)
+    box: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            box["node"] = MeshNode()
+        except Exception as e:  # reported below as one line
+            box["error"] = e
+
+    starter = threading.Thread(target=start, name="sam3d_body_start", daemon=True)
+    starter.start()
     try:
-        node = MeshNode()
-    except (WeightsError, InputError, ValueError, FileNotFoundError) as e:
-        print(f"mesh_node: error: {e}", file=sys.stderr)
+        while starter.is_alive():
+            starter.join(0.1)
+            if not rclpy.ok():  # rclpy's SIGINT/SIGTERM handler shut the context down during start-up
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        print("mesh_node: interrupted during start-up", file=sys.stderr, flush=True)
+        os._exit(0)  # the model load cannot be interrupted; nothing has been published yet
+    node = box.get("node")
+    if node is None:  # not a configuration error: say what broke, in one line
+        error = box["error"]
+        print(f"mesh_node: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        os._exit(2)
+    if node.params["autostart"] and node.config_error:
+        print(f"mesh_node: error: {node.config_error}", file=sys.stderr)
+        node.destroy_node()
         rclpy.try_shutdown()
         sys.exit(2)
     # Callbacks only queue frames (inference runs on the worker thread), so one executor thread is enough; rclpy's

@@ -69,6 +69,21 @@ class StampSynchronizer:
                 self._count_unmatched(key, q.popleft()[0])
             return self._collect(now)
 
+    def time_jump(self, key: str, stamp_ns: int) -> int:
+        """When an anchor (image) stamp goes back behind the last released frame (a bag loop, a simulator reset, a
+        camera restarting its clock), reset and return how far back it jumped in ns; else 0. Messages already
+        queued from the new timeline (older than the last released frame) are kept; the old timeline's are
+        discarded without being counted as unmatched."""
+        with self._lock:
+            if key != self.required[0] or self._last_stamp < 0 or stamp_ns >= self._last_stamp:
+                return 0
+            jump, limit = self._last_stamp - stamp_ns, self._last_stamp
+            for k, q in self._queues.items():
+                self._queues[k] = deque(item for item in q if item[0] < limit)
+            self._pending = None
+            self._last_stamp = -1
+            return jump
+
     def poll(self, now: float) -> list[Frame]:
         """Release a held frame whose optional wait has expired."""
         with self._lock:

@@ -1,9 +1,9 @@
 """I/O signature checks for backbone artifacts (ours or Embedl's .onnx / .pt2): one crop input, one feature output."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -101,7 +101,7 @@ def onnx_signature(path: str | Path) -> tuple[list[TensorSig], list[TensorSig]]:
         raise WeightsError(f"cannot read ONNX file {path}: {e}") from e
     inits = {t.name for t in model.graph.initializer}
 
-    def sig(v: "onnx.ValueInfoProto") -> TensorSig:
+    def sig(v: onnx.ValueInfoProto) -> TensorSig:
         t = v.type.tensor_type
         dims = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
@@ -112,7 +112,7 @@ def onnx_signature(path: str | Path) -> tuple[list[TensorSig], list[TensorSig]]:
     return [sig(v) for v in model.graph.input if v.name not in inits], [sig(v) for v in model.graph.output]
 
 
-def program_signature(program: "torch.export.ExportedProgram") -> tuple[list[TensorSig], list[TensorSig]]:
+def program_signature(program: torch.export.ExportedProgram) -> tuple[list[TensorSig], list[TensorSig]]:
     """User inputs and outputs of a torch.export program, with symbolic sizes as strings."""
     nodes = {n.name: n for n in program.graph.nodes}
 

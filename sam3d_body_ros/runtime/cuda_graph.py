@@ -1,7 +1,8 @@
 """Batch-bucketed execution: pad a batch to a fixed bucket size and (on CUDA) replay one captured graph per bucket."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils._pytree import tree_map

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, TextIO
 
 from ..core.config import ModelConfig
-from ..core.errors import WeightsError
+from ..core.errors import RuntimeUnavailable, WeightsError
 from .artifact_check import TensorSig, check_backbone_signature, onnx_signature
+
+log = logging.getLogger(__name__)
 
 MIN_TRT_MAJOR = 10
 TRT_PIP_VERSION = "10.16.1.11"  # the version Embedl measured its INT8 engine with
@@ -23,9 +25,8 @@ CACHE_ENV = "SAM3D_BODY_ENGINE_CACHE"
 CUDA_GRAPHS_ENV = "SAM3D_BODY_TRT_CUDA_GRAPHS"  # "1": replay TensorRT engines as CUDA graphs (one per batch size)
 
 
-class TensorRTUnavailable(WeightsError):
-    """TensorRT (>= 10, Python bindings) cannot be imported, so engine assets cannot be used; the message says how to
-    install it. A WeightsError, so every caller that reports unusable model assets in one line handles it too."""
+class TensorRTUnavailable(RuntimeUnavailable):
+    """TensorRT (>= 10, Python bindings) cannot be imported; the message says how to install it."""
 
 
 def tensorrt_install_hint(reason: str) -> str:
@@ -98,7 +99,7 @@ class EngineKey:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
 
-def resolve_precision(requested: str, quantized: bool) -> str:
+def engine_precision(requested: str, quantized: bool) -> str:
     """Engine precision for an ONNX: a QDQ graph always builds INT8 (+fp16 elsewhere); a plain one fp32 or fp16."""
     if requested not in PRECISIONS:
         raise ValueError(f"TensorRT precision must be one of {PRECISIONS}, got {requested!r}")
@@ -220,18 +221,15 @@ class EngineCache:
         os.replace(tmp, engine.with_suffix(".json"))
         return engine
 
-    def get_or_build(self, key: EngineKey, build: Callable[[], bytes], log: TextIO | None = None) -> tuple[Path, bool]:
+    def get_or_build(self, key: EngineKey, build: Callable[[], bytes]) -> tuple[Path, bool]:
         """Return (engine path, whether it was built now); builds and stores when no valid engine is cached."""
-        log = log or sys.stderr
         cached = self.lookup(key)
         if cached is not None:
-            print(f"engine cache hit: {cached}", file=log)
+            log.info(f"engine cache hit: {cached}")
             return cached, False
-        print(
-            f"building TensorRT {key.precision} engine (TensorRT {key.trt_version}, {key.gpu_name} sm{key.compute_capability}, "
-            f"batch 1..{key.max_batch}, opt {key.opt_batch}); this takes minutes for the full model",
-            file=log,
-        )
+        log.info(f"building TensorRT {key.precision} engine (TensorRT {key.trt_version}, {key.gpu_name} "
+                 f"sm{key.compute_capability}, batch 1..{key.max_batch}, opt {key.opt_batch}); this takes minutes "
+                 f"for the full model")
         return self.store(key, build()), True
 
 
@@ -256,23 +254,22 @@ def check_engine_record(engine_path: str | Path, trt_version: str, gpu_name: str
 
 
 class ProgressPrinter:
-    """Prints TensorRT build phases as indented lines (`phase: step/total`), throttled to changes of 10 %."""
+    """Logs TensorRT build phases as indented lines (`phase: step/total`), throttled to changes of 10 %."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
-        self.out = out or sys.stderr
+    def __init__(self) -> None:
         self.phases: dict[str, tuple[int, int, int]] = {}  # name -> (depth, steps, last printed percent)
 
     def phase_start(self, name: str, parent: str | None, steps: int) -> None:
         depth = self.phases[parent][0] + 1 if parent in self.phases else 0
         self.phases[name] = (depth, steps, -10)
-        print(f"{'  ' * depth}{name} ({steps} steps)", file=self.out, flush=True)
+        log.info(f"{'  ' * depth}{name} ({steps} steps)")
 
     def step_complete(self, name: str, step: int) -> bool:
         depth, steps, last = self.phases.get(name, (0, 0, -10))
         pct = 100 * (step + 1) // max(steps, 1)
         if pct - last >= 10:
             self.phases[name] = (depth, steps, pct)
-            print(f"{'  ' * depth}{name}: {step + 1}/{steps}", file=self.out, flush=True)
+            log.info(f"{'  ' * depth}{name}: {step + 1}/{steps}")
         return True  # False would cancel the build
 
     def phase_finish(self, name: str) -> None:

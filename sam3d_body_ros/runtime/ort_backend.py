@@ -10,6 +10,7 @@ import torch
 from ..core.config import ModelConfig
 from ..core.errors import WeightsError
 from .artifact_check import check_backbone_signature, onnx_signature, run_batched
+from .backend import BackendRequest, BackendSpec
 
 
 def is_quantized(path: str | Path) -> bool:
@@ -55,24 +56,18 @@ class OrtBackend:
         return run_batched(self._run, crops, self.signature.fixed_batch)
 
 
-def create(
-    cfg: ModelConfig,
-    *,
-    device: torch.device,
-    precision: str,
-    backbone_state: dict[str, torch.Tensor] | None,
-    backbone_file: Path | None,
-    seed: int,
-) -> OrtBackend:
-    """Load `backbone_file`; the ONNX carries the weights, so `backbone_state`/`seed` are not used."""
-    if backbone_file is None:
-        raise ValueError(
-            "the onnxruntime backend needs --backbone-file X.onnx (make one with `sam3d-body export-onnx`, "
-            "an INT8 one with `sam3d-body quantize`, or use Embedl's embedl_sam3dbody_int8.onnx)"
-        )
-    if device.type != "cpu":
-        raise ValueError(f"the onnxruntime backend runs on the CPU (got device {device}); use tensorrt, pt2 or torch on CUDA")
-    backend = OrtBackend(backbone_file, cfg)
-    if precision == "int8" and backend.precision != "int8":
-        raise ValueError(f"--precision int8 asked, but {backbone_file} has no Q/DQ nodes; quantize it with `sam3d-body quantize`")
+def build(req: BackendRequest) -> OrtBackend:
+    """Load the ONNX (it carries the weights and decides fp32 or int8)."""
+    backend = OrtBackend(req.backbone_file, req.cfg)
+    if req.precision == "int8" and backend.precision != "int8":
+        raise ValueError(f"precision int8 asked, but {req.backbone_file} has no Q/DQ nodes; quantize it with "
+                         f"`sam3d-body quantize`")
     return backend
+
+
+SPEC = BackendSpec(
+    name="onnxruntime", devices=("cpu",), precisions=("fp32", "int8"), auto_precision={"cpu": "fp32"},
+    file_hint="X.onnx (make one with `sam3d-body export-onnx`, an INT8 one with `sam3d-body quantize`, or use "
+              "Embedl's embedl_sam3dbody_int8.onnx)",
+    build=build,
+)

@@ -10,6 +10,7 @@ from ..core.backbone import DINOv3Backbone
 from ..core.config import ModelConfig
 from ..core.errors import WeightsError
 from .artifact_check import check_backbone_signature, program_signature, run_batched
+from .backend import BackendRequest, BackendSpec
 
 
 def export_program(module: DINOv3Backbone, path: str | Path, *, max_batch: int = 64) -> Path:
@@ -61,22 +62,16 @@ class Pt2Backend:
         return run_batched(self._run, crops, self.signature.fixed_batch)
 
 
-def create(
-    cfg: ModelConfig,
-    *,
-    device: torch.device,
-    precision: str,
-    backbone_state: dict[str, torch.Tensor] | None,
-    backbone_file: Path | None,
-    seed: int,
-) -> Pt2Backend:
-    """Load `backbone_file` (.pt2); the program carries its weights and precision."""
-    if backbone_file is None:
-        raise ValueError(
-            "the pt2 backend needs --backbone-file X.pt2 (make one with `sam3d-body export-pt2` or use Embedl's "
-            "embedl_sam3dbody_int8.pt2)"
-        )
-    backend = Pt2Backend(backbone_file, cfg, device)
-    if precision == "int8" and backend.precision != "int8":
-        raise ValueError(f"--precision int8 asked, but {backbone_file} holds no quantize ops")
+def build(req: BackendRequest) -> Pt2Backend:
+    """Load the .pt2 (the program carries its weights and precision)."""
+    backend = Pt2Backend(req.backbone_file, req.cfg, req.device)
+    if req.precision == "int8" and backend.precision != "int8":
+        raise ValueError(f"precision int8 asked, but {req.backbone_file} holds no quantize ops")
     return backend
+
+
+SPEC = BackendSpec(
+    name="pt2", devices=("cpu", "cuda"), precisions=("fp32", "int8"), auto_precision={"cpu": "fp32", "cuda": "fp32"},
+    file_hint="X.pt2 (make one with `sam3d-body export-pt2` or use Embedl's embedl_sam3dbody_int8.pt2)",
+    build=build,
+)

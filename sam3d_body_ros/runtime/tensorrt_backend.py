@@ -3,8 +3,8 @@ cache and runs them with torch CUDA tensors as I/O on torch's current stream (op
 Keys, profiles, I/O plan and messages live in engine_cache.py (testable without TensorRT)."""
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,11 @@ import torch
 from ..core.config import ModelConfig
 from ..core.errors import WeightsError
 from .artifact_check import TensorSig, run_batched
+from .backend import BackendRequest, BackendSpec
 from .engine_cache import (
     CUDA_GRAPHS_ENV,
     MIN_TRT_MAJOR,
+    PRECISIONS,
     BuildSettings,
     EngineCache,
     IOPlan,
@@ -23,15 +25,17 @@ from .engine_cache import (
     TensorRTUnavailable,
     check_engine_record,
     default_cache_dir,
+    engine_precision,
     engine_record,
     io_plan,
     make_key,
     plan_from_signature,
     profile_shapes,
-    resolve_precision,
     tensorrt_install_hint,
 )
 from .ort_backend import is_quantized
+
+log = logging.getLogger(__name__)
 
 
 def import_tensorrt() -> Any:
@@ -69,11 +73,8 @@ def build_plan(onnx_path: Path, plan: IOPlan, settings: BuildSettings, timing_ca
         if settings.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
     elif settings.precision != "fp32":
-        print(
-            f"TensorRT {trt.__version__} is strongly typed: layers outside Q/DQ run in the ONNX's float type; "
-            "convert the ONNX to fp16 first (ModelOpt AutoCast) for an fp16 engine",
-            file=sys.stderr,
-        )
+        log.warning(f"TensorRT {trt.__version__} is strongly typed: layers outside Q/DQ run in the ONNX's float "
+                    "type; convert the ONNX to fp16 first (ModelOpt AutoCast) for an fp16 engine")
     if plan.fixed_batch is None:  # a static-shape graph (e.g. batch 1 only) takes no optimisation profile
         lo, opt, hi = profile_shapes(settings.max_batch, settings.opt_batch, plan.img_size)
         profile = builder.create_optimization_profile()
@@ -200,29 +201,27 @@ class TensorRTBackend:
         return run_batched(self._run, x, self.plan.fixed_batch, self.max_batch)
 
 
-def create(
-    cfg: ModelConfig,
-    *,
-    device: torch.device,
-    precision: str,
-    backbone_state: dict[str, torch.Tensor] | None,
-    backbone_file: Path | None,
-    seed: int,
-) -> TensorRTBackend:
+def build(req: BackendRequest) -> TensorRTBackend:
     """`backbone_file` .onnx (engine built once, cached in default_cache_dir()) or a prebuilt .engine.
 
     CUDA-graph replay is switched on with the environment variable SAM3D_BODY_TRT_CUDA_GRAPHS=1.
     """
     trt = import_tensorrt()
-    if backbone_file is None:
-        raise ValueError("the tensorrt backend needs --backbone-file X.onnx (QDQ for int8) or X.engine")
-    if device.type != "cuda":
-        raise ValueError(f"the tensorrt backend needs a CUDA device (got {device})")
-    if backbone_file.suffix == ".engine":
-        check_engine_record(backbone_file, trt.__version__, *gpu_identity(device))
-        record = engine_record(backbone_file)
-        engine, prec = backbone_file, record["precision"] if record else precision
+    path, device = req.backbone_file, req.device
+    if path.suffix == ".engine":
+        check_engine_record(path, trt.__version__, *gpu_identity(device))
+        record = engine_record(path)
+        engine, prec = path, record["precision"] if record else req.precision
     else:
-        prec = resolve_precision(precision, is_quantized(backbone_file))
-        engine, _ = engine_for_onnx(backbone_file, cfg, BuildSettings(precision=prec), default_cache_dir(), device)
-    return TensorRTBackend(engine, cfg, device, prec, cuda_graphs=os.environ.get(CUDA_GRAPHS_ENV) == "1")
+        prec = engine_precision(req.precision, is_quantized(path))
+        engine, _ = engine_for_onnx(path, req.cfg, BuildSettings(precision=prec), default_cache_dir(), device)
+    return TensorRTBackend(engine, req.cfg, device, prec, cuda_graphs=os.environ.get(CUDA_GRAPHS_ENV) == "1")
+
+
+SPEC = BackendSpec(
+    name="tensorrt", devices=("cuda",), precisions=PRECISIONS, auto_precision={"cuda": "fp16"},
+    file_hint="X.onnx (QDQ for int8: `sam3d-body quantize`, or Embedl's embedl_sam3dbody_int8.onnx) or a prebuilt "
+              "X.engine (`sam3d-body build-engine`)",
+    build=build,
+    requires=import_tensorrt,
+)

@@ -6,14 +6,14 @@ plain eager reference (the CPU default).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..core.backbone import build_backbone
-from ..core.config import ModelConfig
+from ..core.synthetic import random_backbone
+from .backend import BackendRequest, BackendSpec
 from .cuda_graph import DEFAULT_BUCKETS, BucketedRunner
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -187,29 +187,19 @@ class TorchBackend:
         return self.runner(crops.to(self.device, self.dtype, non_blocking=True)).float()
 
 
-def create(
-    cfg: ModelConfig,
-    *,
-    device: torch.device,
-    precision: str,
-    backbone_state: dict[str, torch.Tensor] | None,
-    backbone_file: Path | None,
-    seed: int,
-) -> TorchBackend:
-    """Build the backbone from `backbone_state` (timm keys) or seeded random weights."""
-    return TorchBackend(backbone_module(cfg, backbone_state, backbone_file, seed, "torch"), device, precision)
-
-
-def backbone_module(
-    cfg: ModelConfig, backbone_state: dict[str, torch.Tensor] | None, backbone_file: Path | None, seed: int, name: str
-) -> nn.Module:
-    """The timm backbone with `backbone_state` loaded, or seeded random weights (torch-based backends)."""
-    if backbone_file is not None:
-        raise ValueError(
-            f"the {name} backend takes weights from --weights; use --backend pt2/onnxruntime/tensorrt for a backbone file"
-        )
-    torch.manual_seed(seed)
+def backbone_module(req: BackendRequest) -> nn.Module:
+    """The timm backbone with `req.backbone_state` loaded, or seeded random weights (torch-based backends)."""
+    cfg, backbone_state, seed = req.cfg, req.backbone_state, req.seed
+    if backbone_state is None:
+        return random_backbone(cfg, seed)
     module = build_backbone(cfg)
-    if backbone_state is not None:
-        module.load_timm_state(backbone_state)
+    module.load_timm_state(backbone_state)
     return module
+
+
+SPEC = BackendSpec(
+    name="torch", devices=("cpu", "cuda"), precisions=tuple(DTYPES),
+    # fp16 runs at bf16's speed on CUDA with ~8x lower feature error (bench/RESULTS.md)
+    auto_precision={"cpu": "fp32", "cuda": "fp16"}, file_hint=None,
+    build=lambda req: TorchBackend(backbone_module(req), req.device, req.precision),
+)

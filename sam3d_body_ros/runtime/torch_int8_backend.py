@@ -7,12 +7,10 @@ On CPU the same quantized operands are multiplied in float32 (an emulation with 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from ..core.config import ModelConfig
+from .backend import BackendSpec
 from .torch_backend import TorchBackend, backbone_module
 
 QUANT_MODES = ("int8", "fp8")
@@ -105,14 +103,8 @@ class TorchInt8Backend(TorchBackend):
         return module
 
 
-def create(
-    cfg: ModelConfig,
-    *,
-    device: torch.device,
-    precision: str,
-    backbone_state: dict[str, torch.Tensor] | None,
-    backbone_file: Path | None,
-    seed: int,
-) -> TorchInt8Backend:
-    """Build the backbone from `backbone_state` (timm keys) or seeded random weights, then quantize it."""
-    return TorchInt8Backend(backbone_module(cfg, backbone_state, backbone_file, seed, "torch-int8"), device, precision)
+SPEC = BackendSpec(
+    name="torch-int8", devices=("cpu", "cuda"), precisions=QUANT_MODES,
+    auto_precision={"cpu": "int8", "cuda": "fp8"}, file_hint=None,
+    build=lambda req: TorchInt8Backend(backbone_module(req), req.device, req.precision),
+)

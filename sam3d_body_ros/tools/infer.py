@@ -6,32 +6,15 @@ import argparse
 import cv2
 import numpy as np
 
-from .cli import fail
-from .core.errors import InputError, WeightsError
-from .core.pipeline import BodyPipeline, BodyResult, PipelineSettings, check_intrinsics
-from .core import render
+from ..core.errors import CONFIG_ERRORS, InputError
+from ..pipeline import BodyPipeline, BodyResult
+from . import render
+from .options import fail, settings_from_args
 
 
-def settings_from_args(args: argparse.Namespace) -> PipelineSettings:
-    """PipelineSettings from the shared model flags (--config, --weights, --backend, ...)."""
-    return PipelineSettings(
-        model_config=args.config,
-        backend=args.backend,
-        weights_dir=args.weights,
-        backbone_file=args.backbone_file,
-        device=args.device,
-        precision=args.precision,
-        seed=args.seed,
-    )
-
-
-def picture(image_rgb: np.ndarray, result: BodyResult, K: np.ndarray, banner: list[str]) -> np.ndarray:
-    """Overlay of every person's mesh and skeleton on the photo, a side view, and a banner."""
-    o = result.outputs
-    verts = o["pred_vertices"] + o["pred_cam_t"][:, None, :]
-    left = render.overlay(image_rgb, verts, result.faces, K, o["pred_keypoints_2d"], o["bbox"])
-    right = render.side_view(verts, result.faces, image_rgb.shape[0])
-    return render.compose([left, right], banner)
+def mesh_in_camera(result: BodyResult) -> np.ndarray:
+    """(N,V,3) vertices in the camera frame (metres)."""
+    return result.outputs["pred_vertices"] + result.outputs["pred_cam_t"][:, None, :]
 
 
 def run_infer(args: argparse.Namespace) -> int:
@@ -43,12 +26,13 @@ def run_infer(args: argparse.Namespace) -> int:
     boxes = np.array(args.box, dtype=np.float64)
     try:
         pipe = BodyPipeline(settings_from_args(args))
+    except CONFIG_ERRORS as e:
+        raise fail(str(e)) from None
+    try:
         result = pipe.infer(image, boxes)
     except InputError as e:
         raise fail(f"bad input: {e}", args.image, "boxes are X1 Y1 X2 Y2 in pixels inside the image, X2>X1, Y2>Y1") from None
-    except (WeightsError, ValueError) as e:
-        raise fail(str(e)) from None
-    K = check_intrinsics(None, image.shape[1], image.shape[0])
+    K = result.K
     print(f"{result.num_persons} person(s), {pipe.backend_name}, {pipe.weights_status}")
     print("  " + "  ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items()))
     if args.out:
@@ -59,6 +43,11 @@ def run_infer(args: argparse.Namespace) -> int:
             f"sam3d-body infer: {args.image.name}, model {pipe.cfg.name}, backend {pipe.backend_name}",
             pipe.weights_status,
         ]
-        render.write_png(args.render, picture(image, result, K, banner))
+        o = result.outputs
+        render.write_png(args.render, render.views_picture(image, mesh_in_camera(result), result.faces, K,
+                                                           o["pred_keypoints_2d"], o["bbox"], banner))
         print(f"wrote {args.render}")
+    if args.spin:
+        render.write_gif(args.spin, render.turntable(mesh_in_camera(result), result.faces, label=pipe.weights_status))
+        print(f"wrote {args.spin}")
     return 0

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import torch
 
-from ..cli import fail
 from ..core.config import ModelConfig, get_config
-from ..core.errors import InputError, WeightsError
+from ..core.errors import CONFIG_ERRORS, InputError, WeightsError
+from .options import add_model_args, fail
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="tiny", choices=["tiny", "full"], help="model dimensions (default tiny)")
-    p.add_argument("--weights", type=Path, help="upstream checkpoint dir; without it seeded random weights are used")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    add_model_args(p, ("--config", "--weights", "--seed"))
     p.add_argument(
         "--layer-scale",
         type=float,
@@ -36,10 +34,8 @@ def _backbone(args: argparse.Namespace) -> tuple[ModelConfig, torch.nn.Module, s
         return cfg, module, f"RANDOM weights (seed {args.seed}{gamma})"
     if args.layer_scale is not None:
         raise fail("--layer-scale applies to random weights only", args.weights, "drop --layer-scale or --weights")
-    try:
-        from ..core.checkpoint import load_checkpoint
-    except ImportError as e:
-        raise fail(f"--weights is not supported by this build ({e})", args.weights, "use --seed for random weights") from e
+    from ..core.checkpoint import load_checkpoint
+
     try:
         loaded = load_checkpoint(args.weights)
     except (WeightsError, OSError) as e:
@@ -54,9 +50,9 @@ def _verify_crops(cfg: ModelConfig, n: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
+    from ..runtime.ort_backend import OrtBackend
     from .fidelity import rel_l2
     from .onnx_export import export_onnx
-    from .ort_backend import OrtBackend
 
     cfg, module, weights = _backbone(args)
     print(f"exporting the {cfg.name} backbone ({weights}) to {args.out} (opset {args.opset}, batch 1..{args.max_batch})")
@@ -79,8 +75,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _export_pt2(args: argparse.Namespace) -> int:
+    from ..runtime.pt2_backend import Pt2Backend, export_program
     from .fidelity import rel_l2
-    from .pt2_backend import Pt2Backend, export_program
 
     cfg, module, weights = _backbone(args)
     print(f"torch.export of the {cfg.name} backbone ({weights}) to {args.out} (batch 1..{args.max_batch})")
@@ -94,11 +90,17 @@ def _export_pt2(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from .artifact_check import check_backbone_signature, onnx_signature
+    from ..runtime.artifact_check import check_backbone_signature, onnx_signature
+    from ..runtime.ort_backend import OrtBackend
     from .fidelity import feature_fidelity, format_table, mesh_deviation
     from .onnx_export import export_onnx
-    from .ort_backend import OrtBackend
-    from .quantize import augmented_views, load_samples, qdq_placement, quantize_onnx, samples_to_crops
+    from .quantize import (
+        augmented_views,
+        load_samples,
+        qdq_placement,
+        quantize_onnx,
+        samples_to_crops,
+    )
 
     t0 = time.perf_counter()
     try:
@@ -161,27 +163,32 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _build_engine(args: argparse.Namespace) -> int:
-    from .engine_cache import BuildSettings, default_cache_dir, default_opt_batch, resolve_precision
-    from .ort_backend import is_quantized
+    from ..runtime.engine_cache import (
+        BuildSettings,
+        default_cache_dir,
+        default_opt_batch,
+        engine_precision,
+    )
+    from ..runtime.ort_backend import is_quantized
 
     cfg = get_config(args.config)
     if not args.onnx.is_file():
         raise fail("ONNX file not found", args.onnx, "make one with `sam3d-body export-onnx` or `sam3d-body quantize`")
     try:
-        precision = resolve_precision(args.precision or "fp16", is_quantized(args.onnx))
+        precision = engine_precision(args.precision or "fp16", is_quantized(args.onnx))
         settings = BuildSettings(
             precision=precision,
             max_batch=args.max_batch,
             opt_batch=args.opt_batch or default_opt_batch(args.max_batch),
             workspace_gib=args.workspace_gib,
         )
-        from .tensorrt_backend import engine_for_onnx, import_tensorrt
+        from ..runtime.tensorrt_backend import engine_for_onnx, import_tensorrt
 
         import_tensorrt()
         if not torch.cuda.is_available():
             raise fail("no CUDA device", None, "build engines on the machine (GPU) that will run them")
         path, built = engine_for_onnx(args.onnx, cfg, settings, args.cache_dir or default_cache_dir(), torch.device(args.device))
-    except (ValueError, WeightsError) as e:  # TensorRTUnavailable is a WeightsError
+    except CONFIG_ERRORS as e:
         raise fail(str(e), args.onnx) from e
     print(f"{'built' if built else 'cached'} {precision} engine: {path}")
     return 0
@@ -221,7 +228,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("build-engine", help="build (or fetch from the cache) a TensorRT engine from a backbone ONNX")
     p.add_argument("--onnx", type=Path, required=True, help="QDQ ONNX for int8, plain ONNX for fp16/fp32")
-    p.add_argument("--config", default="tiny", choices=["tiny", "full"], help="model dimensions the ONNX must match")
+    add_model_args(p, ("--config",))
     p.add_argument("--precision", choices=["int8", "fp16", "fp32"], help="default: int8 for a QDQ ONNX, else fp16")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch of the optimisation profile (default 8)")
     p.add_argument("--opt-batch", type=int, help="batch the kernels are tuned for (default min(4, max batch))")

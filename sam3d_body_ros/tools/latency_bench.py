@@ -11,7 +11,7 @@ MarkerArray received (matched by header stamp). Drops = frames sent - frames ans
 `frames_dropped_busy` (from /diagnostics) says how many of those reached the node but were skipped because it
 was still busy (the rest were overwritten in the DDS queues before they were synchronised).
 
-    python -m sam3d_body_ros.ros.latency_bench --config full --device cuda --out node.json
+    python -m sam3d_body_ros.tools.latency_bench --config full --device cuda --out node.json
 
 (`sam3d-body bench` runs it after its in-process measurements and merges the rows into its JSON.)
 
@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..ros.params import coerce
+from .options import add_model_args
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding sam3d_body_ros/
 WIDTH, HEIGHT = 1280, 720
@@ -137,6 +140,7 @@ class NodeProcess:
     def __init__(self, args: argparse.Namespace, env: dict[str, str], log_path: Path) -> None:
         params = {"model_config": args.config, "device": args.device, "backend": args.backend,
                   "precision": args.precision, "diagnostics_period": DIAG_PERIOD, "publish_mesh": not args.no_mesh}
+        params = {k: coerce(k, v) for k, v in params.items()}  # checked against the node's schema
         cmd = [sys.executable, "-m", "sam3d_body_ros.ros.node", "--ros-args"]
         for k, v in params.items():
             cmd += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
@@ -348,14 +352,12 @@ def measure(bench: Bench, rec: Recorder, node: NodeProcess, stamps: Stamps, pers
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", choices=("tiny", "full"), default="full")
-    ap.add_argument("--device", default="cuda", help="cpu or cuda[:N]")
-    ap.add_argument("--backend", default="auto")
-    ap.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8", "fp8"), default="auto")
+    add_model_args(ap, ("--config", "--device", "--backend", "--precision"))
+    ap.set_defaults(config="full", device="cuda")  # the device benchmark: the real model on the GPU
     ap.add_argument("--rate", type=float, default=30.0, help="publish rate (Hz)")
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per persons count")
     ap.add_argument("--warmup", type=float, default=5.0, help="uncounted streaming seconds before each measurement")
-    ap.add_argument("--persons", type=int, nargs="+", default=[1, 5])
+    ap.add_argument("--persons", type=int, nargs="+", default=[1, 5], help="persons per frame, one row each")
     ap.add_argument("--ready-timeout", type=float, default=300.0,
                     help="s to wait for the first answer per persons count (model load, compilation)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="hard limit for the whole run (s)")

@@ -10,13 +10,15 @@ import json
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..core.config import ModelConfig, get_config
+from .fidelity import rel_l2
 
 
 def _stats(times_ms: list[float], batch: int = 1) -> dict[str, float]:
@@ -85,17 +87,9 @@ def fidelity_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
 
     timm's 1e-5 layer-scale init makes each block ~identity and would hide reduced-precision error.
     """
-    from ..core.backbone import build_backbone, set_layer_scale
+    from ..core.synthetic import random_backbone
 
-    torch.manual_seed(seed)
-    module = build_backbone(cfg)
-    set_layer_scale(module, 0.1, seed + 1)
-    return module.encoder.state_dict()
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float64."""
-    return float((a.double() - b.double()).norm() / b.double().norm())
+    return random_backbone(cfg, seed, layer_scale=0.1).encoder.state_dict()
 
 
 def synthetic_frame(persons: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -126,8 +120,8 @@ def _make_backbone(name: str, precision: str, cfg: ModelConfig, device: torch.de
                    state: dict[str, torch.Tensor], seed: int) -> Any:
     """A backend by name with the given timm weights; "torch-eager" is the plain eager reference."""
     from ..core.backbone import build_backbone
-    from .backend import create_backend
-    from .torch_backend import TorchBackend
+    from ..runtime.backend import create_backend
+    from ..runtime.torch_backend import TorchBackend
 
     if name == "torch-eager":
         module = build_backbone(cfg)
@@ -147,9 +141,9 @@ def parse_backends(spec: str) -> list[tuple[str, str]]:
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """All measurements; returns the JSON-ready result."""
-    from ..core.checkpoint import random_head
-    from ..core.pipeline import BodyPipeline, PipelineSettings
-    from .torch_backend import TorchBackend, head_runner, make_runner
+    from ..core.synthetic import random_head
+    from ..pipeline import BodyPipeline, PipelineSettings
+    from ..runtime.torch_backend import TorchBackend, head_runner, make_runner
 
     device = torch.device(args.device)
     cfg = get_config(args.config)
@@ -160,7 +154,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",")]
     warmup, iters = args.warmup, args.iters
     t_start = time.perf_counter()
-    log = (lambda msg: print(f"[bench {time.perf_counter() - t_start:6.1f}s] {msg}", flush=True))
+
+    def log(msg: str) -> None:
+        print(f"[bench {time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+
     result: dict[str, Any] = {"config": cfg.name, "warmup": warmup, "iters": iters, **environment(device)}
     timer = (lambda fn: time_cuda(fn, warmup, iters)) if is_cuda else (
         lambda fn: time_wall(fn, warmup, iters, lambda: None))
@@ -293,14 +290,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_node_bench(args: argparse.Namespace, config: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """`sam3d_body_ros.ros.latency_bench` in a subprocess; {"node": rows, "node_run": details} or {"node_error"}."""
+    """`sam3d_body_ros.tools.latency_bench` in a subprocess; {"node": rows, "node_run": details} or {"node_error"}."""
     import sys
     import tempfile
 
     backend, precision = parse_backends(args.node_backend or args.pipeline_backend)[0]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "node.json"
-        cmd = [sys.executable, "-m", "sam3d_body_ros.ros.latency_bench", "--config", config, "--device", args.device,
+        cmd = [sys.executable, "-m", "sam3d_body_ros.tools.latency_bench", "--config", config, "--device", args.device,
                "--backend", backend, "--precision", precision, "--rate", str(args.node_rate),
                "--duration", str(args.node_duration), "--warmup", str(args.node_warmup),
                "--persons", *args.node_persons.split(","), "--timeout", str(args.node_timeout), "--out", str(out)]
@@ -349,7 +346,7 @@ def print_table(r: dict[str, Any]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..cli import fail
+    from .options import fail
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise fail("CUDA is not available", None, "run on a GPU machine or pass --device cpu --config tiny")
@@ -363,23 +360,24 @@ def _bench(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `bench` sub-command."""
     p = subparsers.add_parser("bench", help="time backbone backends, decoder + MHR and the whole pipeline (JSON + table)")
-    p.add_argument("--config", default="full", choices=["tiny", "full"])
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--config", default="full", choices=["tiny", "full"],
+                   help="model size (default full: the real 840M backbone; tiny for a quick check on a CPU)")
+    p.add_argument("--device", default="cuda", help="torch device to time on (default cuda)")
     p.add_argument("--backends", default="torch:bf16,torch:fp16,torch-int8:fp8",
                    help="backbone backend:precision list (an eager bf16 reference is always timed first)")
-    p.add_argument("--batches", default="1,8")
-    p.add_argument("--decoder-persons", default="1,8")
-    p.add_argument("--pipeline-persons", default="1,5")
+    p.add_argument("--batches", default="1,8", help="backbone batch sizes to time (default 1,8)")
+    p.add_argument("--decoder-persons", default="1,8", help="persons per decoder + MHR run (default 1,8)")
+    p.add_argument("--pipeline-persons", default="1,5", help="persons per whole-frame run (default 1,5)")
     p.add_argument("--pipeline-backend", default="torch-int8:fp8", help="backend:precision of the pipeline runs")
     p.add_argument("--memory-persons", type=int, default=8, help="persons of the frame whose peak GPU memory is reported")
     p.add_argument("--node-persons", default="1,5", help="persons counts of the node bench over DDS ('' skips it)")
     p.add_argument("--node-backend", default="", help="backend:precision of the node (default: the pipeline's)")
-    p.add_argument("--node-rate", type=float, default=30.0)
+    p.add_argument("--node-rate", type=float, default=30.0, help="image rate of the node bench in Hz (default 30)")
     p.add_argument("--node-duration", type=float, default=15.0, help="measured seconds per persons count")
-    p.add_argument("--node-warmup", type=float, default=3.0)
-    p.add_argument("--node-timeout", type=float, default=300.0)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    p.add_argument("--node-warmup", type=float, default=3.0, help="uncounted streaming seconds per persons count")
+    p.add_argument("--node-timeout", type=float, default=300.0, help="s to wait for the node process to get ready")
+    p.add_argument("--warmup", type=int, default=50, help="untimed iterations before each timing (default 50)")
+    p.add_argument("--iters", type=int, default=200, help="timed iterations (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--out", type=Path, default=Path("bench/results.json"), help="results JSON (table printed too)")
     p.set_defaults(func=_bench)

@@ -77,7 +77,7 @@ def mesh_deviation(
     """Vertex deviation (mm) of the whole pipeline run with `test_file` vs `ref_file` as backbone on each sample's
     image and boxes; {"mesh": reason} when the pipeline (decoder + MHR) is not available in this build."""
     try:
-        from ..core.pipeline import BodyPipeline, PipelineSettings
+        from ..pipeline import BodyPipeline, PipelineSettings
     except ImportError as e:
         return {"mesh": f"not computed: decoder/MHR pipeline unavailable ({e})"}
     verts = []

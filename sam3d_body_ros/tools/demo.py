@@ -11,9 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from ..ros.params import coerce, read_params_file
+from .options import add_model_args
+
 # Used when HOG finds nobody: the central 90 % of the image (x1, y1, x2, y2 as fractions of width/height).
 DEFAULT_BOX_FRACTION = (0.05, 0.05, 0.95, 0.95)
-HOG_MIN_WEIGHT = 0.6  # SVM margin below which HOG detections are ignored
+HOG_MIN_WEIGHT = 0.6  # detector confidence (SVM margin) below which HOG detections are ignored
 HOG_SCALES = (1.0, 0.5, 0.35, 0.25)  # image downscales tried, so that large/cut-off persons fit the 64x128 window
 HOG_PAD = 64  # replicate-padding in px around each downscaled image
 FRAME_ID = "camera_optical_frame"
@@ -25,13 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, help="photo to publish (default: scikit-image's `camera`, mono8)")
     p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X1", "Y1", "X2", "Y2"),
                    help="person box in px (repeatable); default: OpenCV HOG people detector")
-    p.add_argument("--config", choices=["tiny", "full"], help="model_config (overrides the params file)")
-    p.add_argument("--params-file", type=Path, help="node parameters (default: the package's config/mesh.yaml)")
-    p.add_argument("--backend", help="backbone runtime (overrides the params file)")
-    p.add_argument("--weights", type=Path, help="upstream checkpoint dir (overrides weights_dir)")
-    p.add_argument("--device", help="torch device (overrides the params file)")
-    p.add_argument("--precision", help="backbone precision (overrides the params file)")
+    p.add_argument("--params-file", type=Path, help="node parameters (default: the package's config/mesh.yaml); "
+                                                    "the options below override it")
+    add_model_args(p, ("--config", "--weights", "--backend", "--device", "--precision"), defaults=False)
     p.add_argument("--out", type=Path, default=Path("demo.png"), help="PNG to write (default demo.png)")
+    p.add_argument("--spin", type=Path, metavar="FILE.gif", help="also write a turntable GIF of the received meshes")
     p.add_argument("--timeout", type=float, default=120.0, help="s to wait for the node's markers")
     p.set_defaults(func=run_demo)
 
@@ -47,30 +48,14 @@ def default_params_file() -> Path:
 
 
 def load_params(path: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Node parameters from a ros__parameters YAML (nested keys joined with '.'), then `overrides`, each cast
-    to the type of the node's default; unknown keys raise ValueError."""
-    import yaml
-
-    from .node import PARAMETERS
-
-    doc = yaml.safe_load(path.read_text()) or {}
-    section = next((v["ros__parameters"] for v in doc.values() if isinstance(v, dict) and "ros__parameters" in v), {})
-
-    def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    params = {**flatten(section), **{k: v for k, v in overrides.items() if v is not None}}
-    unknown = sorted(set(params) - set(PARAMETERS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} in {path}")
-    return {k: (v if isinstance(PARAMETERS[k][0], bool) else type(PARAMETERS[k][0])(v)) for k, v in params.items()}
+    """Node parameters from a params file, then the non-None `overrides`, each checked against the schema."""
+    params = read_params_file(path)
+    params.update({k: coerce(k, v) for k, v in overrides.items() if v is not None})
+    return params
 
 
 def hog_people(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Person boxes (N,4) xyxy px and SVM weights from OpenCV's default HOG people detector, over a few
+    """Person boxes (N,4) xyxy px and confidences from OpenCV's default HOG people detector, over a few
     downscales with padding, merged by NMS and clipped to the image."""
     import cv2
 
@@ -101,7 +86,7 @@ def read_photo(path: Path | None) -> tuple[np.ndarray, str, str]:
         return skimage.data.camera(), "mono8", "scikit-image camera"
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        from ..cli import fail
+        from .options import fail
 
         raise fail("cannot read image", path, "give a path to a PNG/JPEG file that exists")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "rgb8", path.name
@@ -121,7 +106,7 @@ def meshes_from_markers(msg) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
 
 def projected_bounds(verts: np.ndarray, K: np.ndarray) -> np.ndarray:
     """xyxy image bounds of each person's projected mesh."""
-    from ..core.render import project
+    from .render import project
 
     uv = project(verts, K)
     return np.concatenate([uv.min(axis=1), uv.max(axis=1)], axis=1)
@@ -137,21 +122,22 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def picture(photo_rgb: np.ndarray, verts: np.ndarray, faces: np.ndarray, segments: list[np.ndarray],
             K: np.ndarray, boxes: np.ndarray, banner: list[str]) -> np.ndarray:
-    """Left: photo + projected meshes, skeletons and boxes; right: side view of the meshes; banner on top."""
+    """The photo, the received meshes + skeletons + boxes over it, a three-quarter and a side view; banner on top."""
     import cv2
 
-    from ..core import render
+    from . import render
 
     left = render.overlay(photo_rgb, verts, faces, K, None, boxes if len(verts) else None)
-    for i, seg in enumerate(segments):
+    for seg in segments:
         uv = render.project(seg, K)
         for a, b in np.round(uv).astype(int):
             cv2.line(left, tuple(a), tuple(b), (255, 255, 255), 2, cv2.LINE_AA)
     if not len(verts):
         for x1, y1, x2, y2 in np.round(boxes).astype(int):
             cv2.rectangle(left, (x1, y1), (x2, y2), (255, 80, 80), 2)
-    right = render.side_view(verts, faces, photo_rgb.shape[0])
-    return render.compose([left, right], banner)
+    h = photo_rgb.shape[0]
+    return render.compose([photo_rgb, left, render.three_quarter_view(verts, faces, h), render.side_view(verts, faces, h)],
+                          banner)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -164,17 +150,17 @@ def run_demo(args: argparse.Namespace) -> int:
     from std_msgs.msg import Header
     from visualization_msgs.msg import MarkerArray
 
-    from ..cli import fail
-    from ..core import render
     from ..core.camera import default_intrinsics
-    from ..core.errors import WeightsError
-    from .conversions import array_to_image, boxes_to_detections
-    from .node import MeshNode
-    from .qos import make_qos
+    from ..ros.conversions import array_to_image, boxes_to_detections
+    from ..ros.node import MeshNode
+    from ..ros.qos import make_qos
+    from . import render
+    from .options import fail
 
     params_file = args.params_file or default_params_file()
     overrides = {"model_config": args.config, "backend": args.backend, "device": args.device,
-                 "precision": args.precision, "weights_dir": str(args.weights) if args.weights else None}
+                 "precision": args.precision, "weights_dir": str(args.weights) if args.weights else None,
+                 "autostart": True}
     try:
         params = load_params(params_file, overrides)
     except (OSError, ValueError) as e:
@@ -192,7 +178,7 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         gray = photo if photo.ndim == 2 else rgb[:, :, 0] // 4 + rgb[:, :, 1] // 2 + rgb[:, :, 2] // 4
         boxes, weights = hog_people(gray)
-        how = f"OpenCV HOG people detector (SVM weights {np.round(weights, 2).tolist()})"
+        how = f"OpenCV HOG people detector (confidence {np.round(weights, 2).tolist()})"
         if not len(boxes):
             f = DEFAULT_BOX_FRACTION
             boxes = np.array([[f[0] * w, f[1] * h, f[2] * w, f[3] * h]])
@@ -207,10 +193,11 @@ def run_demo(args: argparse.Namespace) -> int:
     received: dict[str, Any] = {}
     done = threading.Event()
     try:
-        try:
-            node = MeshNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-        except (WeightsError, ValueError) as e:
-            raise fail(f"cannot start the node: {e}", params_file) from None
+        node = MeshNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        if node.config_error:
+            error = node.config_error
+            node.destroy_node()
+            raise fail(f"the node {error}", params_file, "fix the parameter or the weights it names")
         source = rclpy.create_node("demo_camera", context=ctx)
         qos = make_qos("reliable", 5)
         pub_img = source.create_publisher(Image, "image", qos)
@@ -266,5 +253,8 @@ def run_demo(args: argparse.Namespace) -> int:
               pipe.weights_status]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     render.write_png(args.out, picture(rgb, verts, faces, segments, K, boxes, banner))
+    if args.spin:
+        render.write_gif(args.spin, render.turntable(verts, faces, label=pipe.weights_status))
+        print(f"[demo] wrote {args.spin.resolve()}")
     print(f"[demo] wrote {args.out.resolve()}")
     return 0

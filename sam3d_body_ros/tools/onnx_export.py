@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 
-from ..core.backbone import DINOv3Backbone, build_backbone, set_layer_scale
+from ..core.backbone import DINOv3Backbone, build_backbone
 from ..core.config import ModelConfig
+from ..core.synthetic import random_backbone
 
 INPUT_NAME = "crops"
 OUTPUT_NAME = "features"
@@ -29,14 +30,12 @@ def export_backbone(
     values: timm's random init uses gamma 1e-5, which makes each block nearly an identity and hides quantization
     error (the probe used 1.0 for tiny and 0.1 for the full model).
     """
-    torch.manual_seed(seed)
+    if backbone_state is None:
+        return random_backbone(cfg, seed, layer_scale).eval()
+    if layer_scale is not None:
+        raise ValueError("layer_scale only applies to random weights, not to a loaded checkpoint")
     module = build_backbone(cfg)
-    if backbone_state is not None:
-        if layer_scale is not None:
-            raise ValueError("layer_scale only applies to random weights, not to a loaded checkpoint")
-        module.load_timm_state(backbone_state)
-    elif layer_scale is not None:
-        set_layer_scale(module, layer_scale, seed + 1)
+    module.load_timm_state(backbone_state)
     return module.eval()
 
 

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .camera import default_intrinsics
-from .config import ModelConfig, get_config
-from .crop import prepare_crops
-from .errors import InputError
+from .core.camera import resolve_intrinsics
+from .core.config import ModelConfig, get_config
+from .core.crop import PinnedUpload, prepare_crops, validate_boxes
+from .core.errors import InputError
 
 if TYPE_CHECKING:
-    from ..runtime.backend import BackboneBackend
+    from .runtime.backend import BackboneBackend
 
 STAGES = ("crop", "backbone", "decoder", "total")
 
@@ -25,11 +25,11 @@ class PipelineSettings:
     """What to run: model size, backbone runtime, weights and device."""
 
     model_config: str = "tiny"
-    backend: str = "auto"  # torch-int8 on CUDA, torch on CPU (runtime.backend.resolve_backend)
+    backend: str = "auto"  # runtime.backend.resolve_backend
     weights_dir: str | Path | None = None
     backbone_file: str | Path | None = None
     device: str = "auto"  # cuda when a GPU is usable, else cpu
-    precision: str = "auto"  # the backend's default for the device (runtime.backend.AUTO_PRECISION)
+    precision: str = "auto"  # the backend's default for the device (its BackendSpec.auto_precision)
     seed: int = 0
 
 
@@ -39,25 +39,15 @@ class BodyResult:
 
     outputs: dict[str, np.ndarray]
     faces: np.ndarray
+    K: np.ndarray  # the intrinsics used (3x3)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    kept: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # indices of the input boxes used
+    rejected: list[str] = field(default_factory=list)  # why each dropped box was dropped
+    intrinsics_note: str | None = None  # why default intrinsics were used, if they were
 
     @property
     def num_persons(self) -> int:
         return int(self.outputs["bbox"].shape[0])
-
-
-def check_intrinsics(K: np.ndarray | None, width: int, height: int) -> np.ndarray:
-    """Return a valid float64 3x3 K (default: focal = image diagonal, centre) or raise InputError."""
-    if K is None:
-        return default_intrinsics(width, height)
-    K = np.asarray(K, dtype=np.float64)
-    if K.shape != (3, 3):
-        raise InputError(f"intrinsics must be 3x3, got shape {K.shape}")
-    if not np.isfinite(K).all():
-        raise InputError("intrinsics K contain NaN or infinity")
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise InputError(f"intrinsics K have non-positive focal length (fx={K[0, 0]}, fy={K[1, 1]})")
-    return K
 
 
 class BodyPipeline:
@@ -66,8 +56,10 @@ class BodyPipeline:
     def __init__(self, settings: PipelineSettings = PipelineSettings(), backend: BackboneBackend | None = None) -> None:
         """`backend`: an already built backbone backend to use instead of building one from `settings` (the bench
         shares the one it has just timed)."""
-        from ..runtime.backend import create_backend, resolve_device
-        from .checkpoint import load_checkpoint, random_head
+        from .core.checkpoint import load_checkpoint
+        from .core.synthetic import random_head
+        from .runtime.backend import create_backend, resolve_device
+        from .runtime.torch_backend import head_runner
 
         self.settings = settings
         self.device = resolve_device(settings.device)
@@ -90,10 +82,9 @@ class BodyPipeline:
         )
         self.backend_name = f"{self.backend.name}/{self.backend.precision}"
         self.head = head.to(self.device).eval()
-        from ..runtime.torch_backend import head_runner
-
         self.run_head = head_runner(self.head, self.device)
         self.faces = self.head.faces.cpu().numpy().astype(np.int64)
+        self._upload = PinnedUpload()
 
     def warm_up(self, max_persons: int = 8) -> None:
         """Run one synthetic frame per person count 1..max_persons, so that compilation and CUDA-graph capture
@@ -103,18 +94,27 @@ class BodyPipeline:
             self.infer(image, np.tile([[220.0, 40.0, 420.0, 440.0]], (n, 1)))
 
     @torch.inference_mode()
-    def infer(self, image_rgb: np.ndarray, boxes: np.ndarray, K: np.ndarray | None = None) -> BodyResult:
-        """Run all persons of one image in one batch; raises InputError for unusable inputs.
+    def infer(
+        self, image_rgb: np.ndarray, boxes: np.ndarray, K: np.ndarray | None = None, *, drop_invalid: bool = False
+    ) -> BodyResult:
+        """Run all persons of one image in one batch. Boxes and intrinsics are checked here, once: an unusable box
+        raises InputError, or with `drop_invalid` is left out (`kept`, `rejected`); K None or all zero (ROS's
+        "uncalibrated") means default intrinsics (`intrinsics_note`); a malformed K raises InputError.
 
         On CUDA nothing waits for the GPU before the single device→host copy of the outputs; the backbone stage
         time is then taken from CUDA events, the decoder stage is the rest."""
         t0 = time.perf_counter()
-        crops = prepare_crops(image_rgb, boxes, self.cfg.backbone.img_size, device=self.device)
-        w, h = crops.image_size
-        K = check_intrinsics(K, w, h)
+        h, w = np.shape(image_rgb)[:2]
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        valid, rejected = validate_boxes(boxes, w, h)
+        if rejected and not drop_invalid:
+            raise InputError("; ".join(rejected))
+        kept = np.flatnonzero(valid)
+        K, note = resolve_intrinsics(K, w, h)
+        crops = prepare_crops(image_rgb, boxes[kept], self.cfg.backbone.img_size, self.device, self._upload)
         n = crops.images.shape[0]
         if n == 0:
-            return self._empty()
+            return self._empty(K, kept, rejected, note)
         t1 = time.perf_counter()
         events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if self.device.type == "cuda" else None
         if events:
@@ -133,12 +133,12 @@ class BodyPipeline:
         outputs["bbox"] = crops.boxes.numpy()
         backbone = events[0].elapsed_time(events[1]) / 1000.0 if events else t2 - t1
         timings = {"crop": t1 - t0, "backbone": backbone, "decoder": t3 - t1 - backbone, "total": t3 - t0}
-        return BodyResult(outputs, self.faces, {k: 1000.0 * v for k, v in timings.items()})
+        return BodyResult(outputs, self.faces, K, {k: 1000.0 * v for k, v in timings.items()}, kept, rejected, note)
 
-    def _empty(self) -> BodyResult:
+    def _empty(self, K: np.ndarray, kept: np.ndarray, rejected: list[str], note: str | None) -> BodyResult:
         """A result with zero persons and the right trailing shapes (so consumers can clear displays)."""
         outputs = {k: np.zeros((0, *shape), np.float32) for k, shape in output_shapes(self.cfg).items()}
-        return BodyResult(outputs, self.faces, {k: 0.0 for k in STAGES})
+        return BodyResult(outputs, self.faces, K, {k: 0.0 for k in STAGES}, kept, rejected, note)
 
 
 def _to_numpy(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -153,8 +153,8 @@ def model_info(config_name: str) -> dict[str, int | str]:
     """Sizes of the named model, counted on the meta device (no weights allocated)."""
     from torch import nn
 
-    from .backbone import build_backbone, count_params
-    from .model import SAM3DBodyHead
+    from .core.backbone import build_backbone, count_params
+    from .core.model import SAM3DBodyHead
 
     cfg = get_config(config_name)
     with torch.device("meta"):
