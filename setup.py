@@ -29,6 +29,7 @@ setup(
         "scikit-image==0.26.0",
         "scipy==1.17.1",
         "pillow==13.0.0",
+        "fast-simplification==0.2.0",
     ],
     extras_require={
         "export": ["onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2"],
@@ -39,6 +40,7 @@ setup(
             "ros-sensor-msgs==5.5.1",
             "ros-visualization-msgs==5.5.1",
             "ros-diagnostic-msgs==5.5.1",
+            "ros-shape-msgs==5.5.1",
         ],
         "test": ["pytest==9.2.0", "ruff==0.14.10"],
     },

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .core.camera import resolve_intrinsics
+from .core.camera import project_points, resolve_intrinsics
 from .core.config import ModelConfig, get_config
 from .core.crop import PinnedUpload, prepare_crops, validate_boxes
 from .core.errors import InputError
@@ -134,6 +134,21 @@ class BodyPipeline:
         backbone = events[0].elapsed_time(events[1]) / 1000.0 if events else t2 - t1
         timings = {"crop": t1 - t0, "backbone": backbone, "decoder": t3 - t1 - backbone, "total": t3 - t0}
         return BodyResult(outputs, self.faces, K, {k: 1000.0 * v for k, v in timings.items()}, kept, rejected, note)
+
+    @torch.inference_mode()
+    def evaluate_bodies(self, shape: np.ndarray, model_params: np.ndarray, expr: np.ndarray, cam_t: np.ndarray,
+                        K: np.ndarray) -> dict[str, np.ndarray]:
+        """The body model once for N persons' decoded parameters (e.g. smoothed ones): pred_vertices,
+        pred_keypoints_3d, pred_joint_coords, pred_global_rots as `infer` gives them, and pred_keypoints_2d through
+        `cam_t` (N,3) and K (3x3)."""
+        n = len(model_params)
+        packed = torch.from_numpy(np.concatenate([shape, model_params, expr, cam_t, np.broadcast_to(
+            np.reshape(K, (1, 9)), (n, 9))], axis=1, dtype=np.float32)).to(self.device)  # one host->device copy
+        shape_t, params_t, expr_t, cam_t_t, K_t = torch.split(
+            packed, [shape.shape[1], model_params.shape[1], expr.shape[1], 3, 9], dim=1)
+        out = self.head.head_pose.body(shape_t, params_t, expr_t)
+        out["pred_keypoints_2d"] = project_points(out["pred_keypoints_3d"] + cam_t_t[:, None], K_t.reshape(n, 3, 3))
+        return _to_numpy(out)
 
     def _empty(self, K: np.ndarray, kept: np.ndarray, rejected: list[str], note: str | None) -> BodyResult:
         """A result with zero persons and the right trailing shapes (so consumers can clear displays)."""

@@ -39,16 +39,23 @@ class Tracker:
 
     def __init__(self, mode: str = "iou", iou_threshold: float = 0.3, max_missed: int = 10, max_age_s: float = 1.0,
                  dist_weight: float = 0.1) -> None:
-        if mode not in MODES:
-            raise ValueError(f"tracking mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
         self.iou_threshold = float(iou_threshold)
-        self.max_missed = int(max_missed)
-        self.max_age_ns = int(round(max_age_s * 1e9))
         self.dist_weight = float(dist_weight)
         self._next_id = 1
         self._clear()
-        self.ended: list[int] = []  # ids of the tracks ended by the last update() or reset()
+        self.ended: list[int] = []  # ids of the tracks ended by the last update(), reset() or configure()
+        self.mode = mode
+        self.configure(mode, max_missed, max_age_s)
+
+    def configure(self, mode: str, max_missed: int, max_age_s: float) -> None:
+        """Set the mode and the limits of unmatched tracks; a change of mode ends every track (`ended`)."""
+        if mode not in MODES:
+            raise ValueError(f"tracking mode must be one of {MODES}, got {mode!r}")
+        if mode != self.mode:
+            self.reset()
+        self.mode = mode
+        self.max_missed = int(max_missed)
+        self.max_age_ns = int(round(max_age_s * 1e9))
 
     @property
     def active_ids(self) -> list[int]:

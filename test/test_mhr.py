@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import roma
 import torch
-from mhr_asset_factory import write_mhr_asset
+from mhr_asset_factory import read_ply, write_mhr_asset
 
 from sam3d_body_ros.core.config import FULL, TINY
 from sam3d_body_ros.core.keypoints import (
@@ -282,32 +282,6 @@ def test_load_mhr_asset_rejects_inconsistent_shapes(rig: MHRRig, tmp_path: Path)
 # ---------------------------------------------------------------------------------------------
 # Synthetic rig structure and the real LOD1 topology
 # ---------------------------------------------------------------------------------------------
-
-def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (V, 3) and triangles (F, 3) of a binary little-endian PLY (float xyz + optional uchar props)."""
-    data = path.read_bytes()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    header = data[:end].decode("ascii").splitlines()
-    assert header[1] == "format binary_little_endian 1.0"
-    elements: list[tuple[str, int, list[tuple[str, str]]]] = []
-    for line in header:
-        words = line.split()
-        if words[0] == "element":
-            elements.append((words[1], int(words[2]), []))
-        elif words[0] == "property":
-            elements[-1][2].append((words[-1], " ".join(words[1:-1])))
-    sizes = {"float": "<f4", "uchar": "u1", "int": "<i4"}
-    vertex_name, num_vertices, vertex_props = elements[0]
-    face_name, num_faces, face_props = elements[1]
-    assert vertex_name == "vertex" and face_name == "face" and face_props == [("vertex_indices", "list uchar int")]
-    vertex_dtype = np.dtype([(name, sizes[kind]) for name, kind in vertex_props])
-    vertices = np.frombuffer(data, vertex_dtype, count=num_vertices, offset=end)
-    faces = np.frombuffer(data, np.dtype([("n", "u1"), ("i", "<i4", 3)]), count=num_faces,
-                          offset=end + num_vertices * vertex_dtype.itemsize)
-    assert (faces["n"] == 3).all()
-    assert end + num_vertices * vertex_dtype.itemsize + num_faces * 13 == len(data)
-    return np.stack([vertices["x"], vertices["y"], vertices["z"]], 1), faces["i"].astype(np.int64)
-
 
 def closed_surface_stats(vertices: np.ndarray, faces: np.ndarray) -> dict[str, float]:
     """Euler characteristic, whether every edge has exactly two faces, and the signed volume."""

@@ -226,12 +226,29 @@ class MHRHead(nn.Module):
         pose = pose.index_copy(1, self.hand_joint_idxs_right, hands[:, 1])
         model_params = torch.cat([pose, self.scale_mean + scale @ self.scale_comps], dim=1)
 
+        out = self.body(shape, model_params, face, keypoints_only)
+        out.update({
+            "global_rot": global_rot,
+            "body_pose_params": body,
+            "hand_pose_params": hand,
+            "scale_params": scale,
+            "shape_params": shape,
+            "expr_params": face,
+            "mhr_model_params": model_params,
+            "pred_pose_raw": torch.cat([global_6d, body_cont], dim=1),
+        })
+        return out
+
+    def body(self, shape: torch.Tensor, model_params: torch.Tensor, expr: torch.Tensor,
+             keypoints_only: bool = False) -> dict[str, torch.Tensor]:
+        """Decoded params: shape (N,45), model_params (N,P), expr (N,72) -> MHR vertices, keypoints, joints (m, camera
+        axes) and global joint rotations (MHR frame); `keypoints_only` as in `forward`."""
         fast = self.keypoint_rig is not None
         subset = self.keypoint_rig if fast and keypoints_only else None
         if subset is None:
-            verts_cm, skel = self.mhr(shape, model_params, face)
+            verts_cm, skel = self.mhr(shape, model_params, expr)
         else:
-            verts_cm, skel = self.mhr(shape, model_params, face, vertices=subset)
+            verts_cm, skel = self.mhr(shape, model_params, expr, vertices=subset)
         verts = verts_cm / 100.0
         joints = skel[..., :3] / 100.0
         global_rots = roma.unitquat_to_rotmat(skel[..., 3:7])
@@ -246,14 +263,6 @@ class MHRHead(nn.Module):
             "pred_keypoints_3d": keypoints * flip,
             "pred_joint_coords": joints * flip,
             "pred_global_rots": global_rots,
-            "global_rot": global_rot,
-            "body_pose_params": body,
-            "hand_pose_params": hand,
-            "scale_params": scale,
-            "shape_params": shape,
-            "expr_params": face,
-            "mhr_model_params": model_params,
-            "pred_pose_raw": torch.cat([global_6d, body_cont], dim=1),
         })
         return out
 
