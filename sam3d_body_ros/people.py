@@ -6,11 +6,11 @@ track, One-Euro filters (smoothing.py) on the MHR model parameters, the identity
 then one batched MHR evaluation (`BodyPipeline.evaluate_bodies`) for all persons. Rotations are filtered on SO(3):
 the global rotation (model_params[3:6], MHR XYZ Euler, R = Rz Ry Rx) and every joint whose three rotation channels
 are each driven by exactly one model parameter with weight 1 (`ParamLayout`) as rotation matrices; the other
-parameters that drive rotation channels only are angles, filtered as rotations about one axis (so on the wrapped
-difference: never averaged across +-pi); translations, scales, shape and pred_cam_t as scalars. The fields re-derived
-from the smoothed parameters: pred_vertices, pred_keypoints_3d/2d, pred_joint_coords, pred_global_rots,
-mhr_model_params, global_rot, shape_params, pred_cam_t; the network's coefficient fields (body_pose_params,
-hand_pose_params, scale_params, pred_pose_raw) stay per frame.
+parameters that drive rotation channels only are angles, filtered on the circle (wrapped difference: never averaged
+across +-pi); translations, scales, shape and pred_cam_t as plain scalars. Fields re-derived from the smoothed
+parameters: pred_vertices, pred_keypoints_3d/2d, pred_joint_coords, pred_global_rots, mhr_model_params, global_rot,
+shape_params, pred_cam_t; the network's coefficient fields (body_pose_params, hand_pose_params, scale_params,
+pred_pose_raw) stay those of the frame.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .tracks import Tracker
 if TYPE_CHECKING:
     from .pipeline import BodyPipeline, BodyResult
 
-GLOBAL_ROTATION = (3, 4, 5)  # model parameters of the global rotation (MHR XYZ Euler), as MHRHead.forward sets them
+GLOBAL_ROTATION = (3, 4, 5)  # model parameters of the global rotation (MHR XYZ Euler), as MHRHead sets them
 ROTATION_CHANNELS = (3, 4, 5)  # rx, ry, rz among a joint's 7 parameter-transform rows [t(3), r(3), log2 scale]
 
 
@@ -55,7 +55,7 @@ def rotmat_to_euler_xyz(R: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class ParamLayout:
     """How the MHR model parameters are filtered: `triples` (T,3) as rotations (global rotation first), `angles` (A,)
-    as rotations about z, `scalars` (S,) as numbers; indices into model_params."""
+    on the circle, `scalars` (S,) as numbers; indices into model_params."""
 
     triples: np.ndarray
     angles: np.ndarray
@@ -83,19 +83,16 @@ class ParamLayout:
         return cls(np.array(triples, dtype=np.intp), np.array(angles, dtype=np.intp), np.array(scalars, dtype=np.intp))
 
     def split(self, model_params: np.ndarray, shape: np.ndarray, cam_t: np.ndarray) -> dict[str, np.ndarray]:
-        """Filter blocks of N persons: 'rotations' (N, T+A, 3, 3) and 'values' (N, S + shape + 3)."""
-        euler = np.zeros((len(model_params), len(self.triples) + len(self.angles), 3))
-        euler[:, : len(self.triples)] = model_params[:, self.triples]
-        euler[:, len(self.triples):, 2] = model_params[:, self.angles]
-        return {"rotations": euler_xyz_to_rotmat(euler),
+        """Filter blocks of N persons: 'rotations' (N,T,3,3), 'angles' (N,A) and 'values' (N, S + shape + 3)."""
+        return {"rotations": euler_xyz_to_rotmat(model_params[:, self.triples].astype(np.float64)),
+                "angles": model_params[:, self.angles],
                 "values": np.concatenate([model_params[:, self.scalars], shape, cam_t], axis=1)}
 
     def join(self, blocks: dict[str, np.ndarray], like: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Inverse of `split`: (model_params of the dtype of `like`, shape, cam_t)."""
-        euler = rotmat_to_euler_xyz(blocks["rotations"])
         params = np.empty_like(like)
-        params[:, self.triples] = euler[:, : len(self.triples)]
-        params[:, self.angles] = euler[:, len(self.triples):, 2]
+        params[:, self.triples] = rotmat_to_euler_xyz(blocks["rotations"])
+        params[:, self.angles] = blocks["angles"]
         values = blocks["values"]
         params[:, self.scalars] = values[:, : len(self.scalars)]
         return params, values[:, len(self.scalars):-3], values[:, -3:]
@@ -103,7 +100,7 @@ class ParamLayout:
 
 @dataclass(frozen=True)
 class PeopleSettings:
-    """Tracking and smoothing settings (the node's tracking* and smoothing* parameters); no smoothing without tracking."""
+    """Tracking and smoothing settings (the node's tracking* and smoothing* parameters); tracking off: no smoothing."""
 
     tracking: str = "iou"  # detector | iou | off (tracks.MODES)
     max_missed: int = 10  # frames an unmatched track survives
@@ -117,10 +114,15 @@ class PeopleSettings:
     def smoothed(self) -> bool:
         return self.smoothing and self.tracking != "off"
 
+    @property
+    def filters(self) -> tuple:
+        """What the smoother's state depends on."""
+        return self.tracking, self.smoothing, self.min_cutoff, self.beta, self.d_cutoff
+
 
 class People:
-    """Track ids and smoothed bodies of one image stream; `timings_ms` holds the last update's track, smooth and body
-    (MHR re-evaluation) times."""
+    """Track ids and smoothed bodies of one image stream; `timings_ms` holds the last update's ms of tracking (track),
+    smoothing (smooth) and the MHR re-evaluation of the smoothed bodies (smooth_body)."""
 
     def __init__(self, pipeline: BodyPipeline, settings: PeopleSettings = PeopleSettings()) -> None:
         self.pipeline = pipeline
@@ -132,14 +134,14 @@ class People:
 
     def _smoother(self) -> BodySmoother:
         s = self.settings
-        return BodySmoother(rotations={"rotations"}, min_cutoff=s.min_cutoff, beta=s.beta, d_cutoff=s.d_cutoff)
+        return BodySmoother(rotations={"rotations"}, angles={"angles"}, min_cutoff=s.min_cutoff, beta=s.beta,
+                            d_cutoff=s.d_cutoff)
 
     def configure(self, settings: PeopleSettings) -> None:
-        """Apply new settings: a new tracking mode ends every track, new filter parameters restart the filters."""
+        """Apply new settings: a new tracking mode ends every track; new filter settings restart the filters."""
         old, self.settings = self.settings, settings
         self.tracker.configure(settings.tracking, settings.max_missed, settings.max_age_s)
-        if settings.tracking != old.tracking or (settings.min_cutoff, settings.beta, settings.d_cutoff) != (
-                old.min_cutoff, old.beta, old.d_cutoff):
+        if settings.filters != old.filters:
             self.smoother = self._smoother()
 
     def reset(self) -> None:
@@ -147,24 +149,34 @@ class People:
         self.tracker.reset()
         self.smoother.reset()
 
-    def update(self, stamp_ns: int, boxes: np.ndarray, det_ids: Sequence[str],
-               result: BodyResult) -> tuple[list[int], dict[str, np.ndarray]]:
-        """Track ids of the persons of `result` (`boxes`, `det_ids`: the input boxes it kept, in order) and its
-        outputs, smoothed per track when `settings.smoothed` (a track's first frame passes through)."""
-        o = result.outputs
+    def track_and_smooth(self, stamp_ns: int, boxes: np.ndarray, det_ids: Sequence[str],
+                         outputs: dict[str, np.ndarray]) -> tuple[list[int], dict[str, np.ndarray] | None]:
+        """Track ids of the persons of `outputs` (`boxes`, `det_ids`: the input boxes kept, in order) and, when
+        `settings.smoothed`, their smoothed mhr_model_params, shape_params and pred_cam_t (else None); no model."""
         t0 = time.perf_counter()
-        ids = self.tracker.update(stamp_ns, boxes, det_ids, positions=o["pred_cam_t"])
+        ids = self.tracker.update(stamp_ns, boxes, det_ids, positions=outputs["pred_cam_t"])
         for gone in self.tracker.ended:
             self.smoother.drop(gone)
         t1 = time.perf_counter()
         self.timings_ms = {"track": 1000.0 * (t1 - t0)}
         if not self.settings.smoothed or not ids:
-            return ids, o
-        blocks = self.layout.split(o["mhr_model_params"], o["shape_params"], o["pred_cam_t"])
+            return ids, None
+        blocks = self.layout.split(outputs["mhr_model_params"], outputs["shape_params"], outputs["pred_cam_t"])
         params, shape, cam_t = self.layout.join(self.smoother.update_many(ids, stamp_ns, blocks),
-                                                o["mhr_model_params"])
-        t2 = time.perf_counter()
-        body = self.pipeline.evaluate_bodies(shape, params, o["expr_params"], cam_t, result.K)
-        self.timings_ms.update(smooth=1000.0 * (t2 - t1), body=1000.0 * (time.perf_counter() - t2))
-        return ids, {**o, **body, "mhr_model_params": params, "global_rot": params[:, list(GLOBAL_ROTATION)],
+                                                outputs["mhr_model_params"])
+        self.timings_ms["smooth"] = 1000.0 * (time.perf_counter() - t1)
+        return ids, {"mhr_model_params": params, "global_rot": params[:, list(GLOBAL_ROTATION)],
                      "shape_params": shape, "pred_cam_t": cam_t}
+
+    def update(self, stamp_ns: int, boxes: np.ndarray, det_ids: Sequence[str],
+               result: BodyResult) -> tuple[list[int], dict[str, np.ndarray]]:
+        """`track_and_smooth`, then the outputs of `result` with the smoothed parameters and the bodies re-evaluated
+        from them (one batched model call); a track's first frame passes through."""
+        ids, smoothed = self.track_and_smooth(stamp_ns, boxes, det_ids, result.outputs)
+        if smoothed is None:
+            return ids, result.outputs
+        t0 = time.perf_counter()
+        body = self.pipeline.evaluate_bodies(smoothed["shape_params"], smoothed["mhr_model_params"],
+                                             result.outputs["expr_params"], smoothed["pred_cam_t"], result.K)
+        self.timings_ms["smooth_body"] = 1000.0 * (time.perf_counter() - t0)
+        return ids, {**result.outputs, **smoothed, **body}

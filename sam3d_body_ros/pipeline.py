@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,9 +16,11 @@ from .core.crop import PinnedUpload, prepare_crops, validate_boxes
 from .core.errors import InputError
 
 if TYPE_CHECKING:
+    from .core.hands import FullMode
     from .runtime.backend import BackboneBackend
 
 STAGES = ("crop", "backbone", "decoder", "total")
+MODES = ("body", "full")  # upstream inference_type: body decoder only, or body + hand refinement (core/hands.py)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class PipelineSettings:
     device: str = "auto"  # cuda when a GPU is usable, else cpu
     precision: str = "auto"  # the backend's default for the device (its BackendSpec.auto_precision)
     seed: int = 0
+    mode: str = "body"  # MODES
+    # `full` mode only: corrections of upstream quirks (core/hands.py FullModeOptions), off = upstream's behaviour.
+    hand_wrist_test_own_box: bool = False
+    hand_mirror_left_intrinsics: bool = False
 
 
 @dataclass
@@ -59,17 +66,20 @@ class BodyPipeline:
         from .core.checkpoint import load_checkpoint
         from .core.synthetic import random_head
         from .runtime.backend import create_backend, resolve_device
-        from .runtime.torch_backend import head_runner
+        from .runtime.torch_backend import head_runner, make_runner
 
+        if settings.mode not in MODES:
+            raise ValueError(f"unknown mode {settings.mode!r}; choose one of {list(MODES)}")
+        full = settings.mode == "full"
         self.settings = settings
         self.device = resolve_device(settings.device)
         if settings.weights_dir:
-            loaded = load_checkpoint(Path(settings.weights_dir))
+            loaded = load_checkpoint(Path(settings.weights_dir), hands=full)
             self.cfg: ModelConfig = loaded.cfg
             head, backbone_state = loaded.head, loaded.backbone_state
         else:
             self.cfg = get_config(settings.model_config)
-            head, backbone_state = random_head(self.cfg, seed=settings.seed), None
+            head, backbone_state = random_head(self.cfg, seed=settings.seed, hands=full), None
         self.weights_status: str = head.weights_description
         self.backend = backend or create_backend(
             settings.backend,
@@ -85,6 +95,16 @@ class BodyPipeline:
         self.run_head = head_runner(self.head, self.device)
         self.faces = self.head.faces.cpu().numpy().astype(np.int64)
         self._upload = PinnedUpload()
+        self.full_mode: FullMode | None = None
+        if full:  # its three decoder calls wrapped as the body head is (compiled regions, TF32, CUDA graphs)
+            from .core.hands import FullMode, FullModeOptions
+
+            def wrap(module: torch.nn.Module, buckets: tuple[int, ...] | None) -> Callable[..., dict]:
+                extra = {"buckets": buckets} if buckets else {}
+                return make_runner(module, self.device, tf32=self.device.type == "cuda", **extra)
+
+            options = FullModeOptions(settings.hand_wrist_test_own_box, settings.hand_mirror_left_intrinsics)
+            self.full_mode = FullMode(self.head, wrap, options)
 
     def warm_up(self, max_persons: int = 8) -> None:
         """Run one synthetic frame per person count 1..max_persons, so that compilation and CUDA-graph capture
@@ -101,8 +121,9 @@ class BodyPipeline:
         raises InputError, or with `drop_invalid` is left out (`kept`, `rejected`); K None or all zero (ROS's
         "uncalibrated") means default intrinsics (`intrinsics_note`); a malformed K raises InputError.
 
-        On CUDA nothing waits for the GPU before the single device→host copy of the outputs; the backbone stage
-        time is then taken from CUDA events, the decoder stage is the rest."""
+        On CUDA nothing waits for the GPU before the single device→host copy of the outputs (`full` mode: also one
+        copy of the hand boxes in between); the backbone stage time is then taken from CUDA events, the decoder
+        stage is the rest (in `full` mode it includes the hand crops)."""
         t0 = time.perf_counter()
         h, w = np.shape(image_rgb)[:2]
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -126,14 +147,41 @@ class BodyPipeline:
         # The per-person camera data in one host→device copy: centre 2, side 1, affine 6, K 9.
         K32 = torch.as_tensor(K, dtype=torch.float32).reshape(1, 9).expand(n, 9)
         packed = torch.cat([crops.center, crops.side[:, None], crops.affine.reshape(n, 6), K32], 1).to(self.device)
-        out = self.run_head(feats, packed[:, :2], packed[:, 2], packed[:, 3:9].reshape(n, 2, 3),
-                            packed[:, 9:].reshape(n, 3, 3))
+        camera = (packed[:, :2], packed[:, 2], packed[:, 3:9].reshape(n, 2, 3), packed[:, 9:].reshape(n, 3, 3))
+        hand_backbone: list[tuple] = []
+        if self.full_mode is not None:
+            out, hand_boxes = self.full_mode(image_rgb, feats, camera, crops.affine.numpy(), K,
+                                             self._timed_backbone(hand_backbone), self._upload)
+        else:
+            out = self.run_head(feats, *camera)
         outputs = _to_numpy(out)
         t3 = time.perf_counter()
         outputs["bbox"] = crops.boxes.numpy()
+        if self.full_mode is not None:
+            outputs.update(hand_boxes)
         backbone = events[0].elapsed_time(events[1]) / 1000.0 if events else t2 - t1
+        backbone += sum(_span_seconds(*span) for span in hand_backbone)
         timings = {"crop": t1 - t0, "backbone": backbone, "decoder": t3 - t1 - backbone, "total": t3 - t0}
         return BodyResult(outputs, self.faces, K, {k: 1000.0 * v for k, v in timings.items()}, kept, rejected, note)
+
+    def _timed_backbone(self, spans: list[tuple]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The backbone, appending each call's (start, end) to `spans`: CUDA events (read by `_span_seconds` after
+        the outputs' sync) or perf_counter times."""
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            if self.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                feats = self.backend(images)
+                end.record()
+                spans.append((start, end))
+            else:
+                start_s = time.perf_counter()
+                feats = self.backend(images)
+                spans.append((start_s, time.perf_counter()))
+            return feats
+
+        return run
 
     @torch.inference_mode()
     def evaluate_bodies(self, shape: np.ndarray, model_params: np.ndarray, expr: np.ndarray, cam_t: np.ndarray,
@@ -152,8 +200,16 @@ class BodyPipeline:
 
     def _empty(self, K: np.ndarray, kept: np.ndarray, rejected: list[str], note: str | None) -> BodyResult:
         """A result with zero persons and the right trailing shapes (so consumers can clear displays)."""
-        outputs = {k: np.zeros((0, *shape), np.float32) for k, shape in output_shapes(self.cfg).items()}
+        shapes = output_shapes(self.cfg, self.settings.mode)
+        outputs = {k: np.zeros((0, *shape), np.float32) for k, shape in shapes.items()}
         return BodyResult(outputs, self.faces, K, {k: 0.0 for k in STAGES}, kept, rejected, note)
+
+
+def _span_seconds(start: float | torch.cuda.Event, end: float | torch.cuda.Event) -> float:
+    """Seconds between two perf_counter times or two completed CUDA events."""
+    if isinstance(start, float):
+        return end - start
+    return start.elapsed_time(end) / 1000.0
 
 
 def _to_numpy(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -187,10 +243,11 @@ def model_info(config_name: str) -> dict[str, int | str]:
     }
 
 
-def output_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Per-person shape of every output field (upstream names and sizes)."""
+def output_shapes(cfg: ModelConfig, mode: str = "body") -> dict[str, tuple[int, ...]]:
+    """Per-person shape of every output field of `mode` (upstream names and sizes; `full` adds upstream's hand crop
+    boxes and the corrected / diagnostic fields of core/hands.py)."""
     m = cfg.mhr
-    return {
+    shapes = {
         "pred_vertices": (m.num_vertices, 3),
         "pred_keypoints_3d": (m.num_keypoints, 3),
         "pred_keypoints_2d": (m.num_keypoints, 2),
@@ -208,3 +265,12 @@ def output_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "focal_length": (),
         "bbox": (4,),
     }
+    if mode == "full":
+        shapes.update({
+            "pred_global_rots_refined": (m.num_joints, 3, 3),
+            "pred_keypoints_2d_K": (m.num_keypoints, 2),
+            "hand_valid": (2,),
+            "lhand_bbox": (4,),
+            "rhand_bbox": (4,),
+        })
+    return shapes

@@ -10,6 +10,8 @@ is not held back by the still ones, and the still ones stay smooth). Rotations (
 difference is the rotation vector of the relative rotation ``R_hat_prev^T R`` (log map, shortest arc), the speed is
 the norm of the low-passed angular velocity, and the estimate moves by ``alpha`` of the relative rotation along the
 geodesic (``R_hat_prev exp(alpha log(R_hat_prev^T R))``, i.e. slerp): no Euler angles, no wrap-around at +-pi.
+Angles (scalars in radians, `BodySmoother`'s `angles` fields) are filtered on the circle, SO(2): the difference is
+wrapped to [-pi, pi] and the estimate is kept in [-pi, pi], so a value never averages across the +-pi wrap.
 
 Choosing parameters (rate = frame rate): at constant velocity ``v`` the steady-state lag is ``v * tau``, i.e.
 ``tau * rate`` frames, with ``fc ~= min_cutoff + beta * |v|`` (an upper bound: the derivative is taken against the
@@ -106,6 +108,11 @@ def quat_exp(r: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(angle / 2.0) / np.maximum(angle, _TINY) * r, np.cos(angle / 2.0)], axis=-1)
 
 
+def wrap_angle(a: np.ndarray) -> np.ndarray:
+    """Angles wrapped to [-pi, pi] (the turn nearest to 0)."""
+    return a - (2.0 * np.pi) * np.round(a / (2.0 * np.pi))
+
+
 def _alpha(dt: np.ndarray, cutoff: np.ndarray | float) -> np.ndarray:
     """Exponential smoothing factor 1 / (1 + tau / dt), tau = 1 / (2 pi cutoff)."""
     t = (2.0 * np.pi * dt) * cutoff
@@ -134,9 +141,11 @@ class _Field:
     """One-Euro state of a block of values over rows (one per track): estimate, filtered derivative, last stamp.
 
     Array blocks are (rows, D) with parameters of shape () or (D,); rotation blocks (rows, M, 3, 3) with () or (M, 1).
+    `angles` (D,) bool marks the elements of an array block that are angles in radians (filtered on the circle).
     """
 
-    def __init__(self, shape: tuple[int, ...], rotation: bool, params: tuple[_Param, _Param, _Param]) -> None:
+    def __init__(self, shape: tuple[int, ...], rotation: bool, params: tuple[_Param, _Param, _Param],
+                 angles: np.ndarray | None = None) -> None:
         if rotation and shape[-2:] != (3, 3):
             raise ValueError(f"rotations must be (...,3,3) matrices, got shape {shape}")
         min_cutoff, beta, d_cutoff = (np.asarray(p) for p in params)
@@ -144,6 +153,7 @@ class _Field:
             raise ValueError("One-Euro needs min_cutoff > 0, beta >= 0 and d_cutoff > 0")
         self.shape = shape
         self.rotation = rotation
+        self.angles = np.flatnonzero(angles) if angles is not None and angles.any() else None  # their columns
         self.params = params
         # rotations keep a unit quaternion and an angular velocity, arrays the value and its derivative
         self._x_shape = (*shape[:-2], 4) if rotation else shape
@@ -174,8 +184,16 @@ class _Field:
         x_prev, dx_prev = self.x[rows], self.dx[rows]
         dt_b = np.where(step, dt, 1.0).reshape(-1, *[1] * (x_prev.ndim - 1))
         meas = rotmat_to_quat(values) if self.rotation else values
-        step_fn = rotation_one_euro_step if self.rotation else one_euro_step
-        x, dx = step_fn(meas, x_prev, dx_prev, dt_b, *self.params)
+        if self.angles is not None:  # each angle's turn nearest to the estimate: steps take the short way round
+            a = self.angles
+            meas, near = values.copy(), values.copy()
+            meas[:, a] = wrap_angle(values[:, a])
+            near[:, a] = x_prev[:, a] + wrap_angle(meas[:, a] - x_prev[:, a])
+            x, dx = one_euro_step(near, x_prev, dx_prev, dt_b, *self.params)
+            x[:, a] = wrap_angle(x[:, a])
+        else:
+            step_fn = rotation_one_euro_step if self.rotation else one_euro_step
+            x, dx = step_fn(meas, x_prev, dx_prev, dt_b, *self.params)
         out = quat_to_rotmat(x) if self.rotation else x
         if not step.all():
             hold = live & (dt == 0)  # same stamp again: keep the estimate
@@ -222,17 +240,20 @@ class RotationOneEuro(OneEuro):
 
 
 class BodySmoother:
-    """Per-track One-Euro smoothing of named per-person arrays; fields in `rotations` are (...,3,3) rotation matrices.
+    """Per-track One-Euro smoothing of named per-person arrays; fields in `rotations` are (...,3,3) rotation matrices,
+    fields in `angles` are angles in radians (filtered on the circle).
 
     `params` maps a field name to its own (min_cutoff, beta, d_cutoff). The fields passed together in one call are
-    filtered as one block (array fields concatenated, rotation fields too), so the state belongs to that set of
-    fields: pass the same fields every frame. Drop the tracks a `Tracker` ended (`Tracker.ended`) to free their state.
+    filtered as one block (array and angle fields concatenated, rotation fields too), so the state belongs to that set
+    of fields: pass the same fields every frame. Drop the tracks a `Tracker` ended (`Tracker.ended`) to free their
+    state.
     """
 
     def __init__(self, rotations: Iterable[str] = (), min_cutoff: float = DEFAULT_MIN_CUTOFF,
                  beta: float = DEFAULT_BETA, d_cutoff: float = DEFAULT_D_CUTOFF,
-                 params: Mapping[str, tuple[float, float, float]] | None = None) -> None:
+                 params: Mapping[str, tuple[float, float, float]] | None = None, angles: Iterable[str] = ()) -> None:
         self.rotations = frozenset(rotations)
+        self.angles = frozenset(angles) - self.rotations
         self.default_params = (float(min_cutoff), float(beta), float(d_cutoff))
         self.params = {k: (float(v[0]), float(v[1]), float(v[2])) for k, v in (params or {}).items()}
         self.reset()
@@ -300,7 +321,9 @@ class BodySmoother:
         params = tuple(per_key[0][i] if len({p[i] for p in per_key}) == 1 else
                        np.repeat([p[i] for p in per_key], sizes).reshape((-1, 1) if rotation else -1)
                        for i in range(3))
-        return _Field((sum(sizes), 3, 3) if rotation else (sum(sizes),), rotation, params)
+        if rotation:
+            return _Field((sum(sizes), 3, 3), rotation, params)
+        return _Field((sum(sizes),), rotation, params, np.repeat([k in self.angles for k in keys], sizes))
 
     def _row(self, track_id: int) -> int:
         """State row of a track, allocated on first sight."""

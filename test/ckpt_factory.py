@@ -25,16 +25,6 @@ from sam3d_body_ros.core.config import TINY, ModelConfig
 from sam3d_body_ros.core.model import SAM3DBodyHead
 from sam3d_body_ros.core.synthetic import random_head, synthetic_rig
 
-# Body-branch module -> its hand-branch twin in upstream SAM3DBody (same shapes).
-HAND_TWINS = {
-    "decoder": "decoder_hand", "head_pose": "head_pose_hand", "head_camera": "head_camera_hand",
-    "init_pose": "init_pose_hand", "init_camera": "init_camera_hand", "init_to_token_mhr": "init_to_token_mhr_hand",
-    "prev_to_token_mhr": "prev_to_token_mhr_hand", "ray_cond_emb": "ray_cond_emb_hand",
-    "keypoint_embedding": "keypoint_embedding_hand", "keypoint3d_embedding": "keypoint3d_embedding_hand",
-    "keypoint_posemb_linear": "keypoint_posemb_linear_hand", "keypoint3d_posemb_linear": "keypoint3d_posemb_linear_hand",
-    "keypoint_feat_linear": "keypoint_feat_linear_hand", "prompt_encoder.pe_layer": "hand_pe_layer",
-}
-
 
 def upstream_yaml(cfg: ModelConfig = TINY, backbone_type: str = TINY_BACKBONE_TYPE) -> dict[str, Any]:
     """The upstream model_config.yaml tree (values of the released file) at `cfg`'s decoder size."""
@@ -91,29 +81,12 @@ def upstream_backbone_state(cfg: ModelConfig, seed: int) -> tuple[dict[str, torc
     return up, timm_state
 
 
-def hand_branch_state(head_state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Upstream's hand-decoder keys: twins of the body modules plus the hand-box heads, random values."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in head_state.items():
-        for body, hand in HAND_TWINS.items():
-            if key.startswith(body + "."):
-                twin = value.clone() if not value.is_floating_point() else torch.randn(value.shape, generator=g)
-                out[hand + key[len(body):]] = twin
-    dim = head_state["init_to_token_mhr.weight"].shape[0]
-    out["hand_cls_embed.weight"], out["hand_cls_embed.bias"] = torch.randn(2, dim, generator=g), torch.zeros(2)
-    for i, rows in enumerate((dim, dim, 4)):
-        out[f"bbox_embed.layers.{i}.weight"] = torch.randn(rows, dim, generator=g)
-        out[f"bbox_embed.layers.{i}.bias"] = torch.randn(rows, generator=g)
-    return out
-
-
 @dataclass
 class TinyCheckpoint:
     """A written weights directory and what it was written from."""
 
     path: Path
-    head: SAM3DBodyHead  # the head whose weights were saved
+    head: SAM3DBodyHead  # the head whose weights were saved (hand branch included)
     backbone_timm_state: dict[str, torch.Tensor]
     state: dict[str, torch.Tensor]  # the flat dict in model.ckpt
 
@@ -125,8 +98,12 @@ def _write_files(root: Path, state: dict[str, torch.Tensor], tree: dict[str, Any
 
 
 def write_tiny_checkpoint(root: Path, seed: int = 0) -> TinyCheckpoint:
-    """Write `root/{model.ckpt, model_config.yaml, assets/mhr_model.pt}` for the tiny config."""
-    head = random_head(TINY, seed=seed).eval()
+    """Write `root/{model.ckpt, model_config.yaml, assets/mhr_model.pt}` for the tiny config.
+
+    The hand branch comes from `random_head(hands=True)`, whose body branch (and so every body key) is the one of a
+    body-only head.
+    """
+    head = random_head(TINY, seed=seed, hands=True).eval()
     with torch.no_grad():  # move everything off the random-head defaults so a non-loaded tensor shows
         g = torch.Generator().manual_seed(seed + 1)
         for p in head.parameters():
@@ -135,7 +112,6 @@ def write_tiny_checkpoint(root: Path, seed: int = 0) -> TinyCheckpoint:
     head_state = {k: v.clone() for k, v in head.state_dict().items()}
     state = {BACKBONE_PREFIX + k: v for k, v in backbone_up.items()}
     state.update(head_state)
-    state.update(hand_branch_state(head_state, seed))
     _write_files(root, state, upstream_yaml(), wrap_state_dict=False)
     (root / MHR_ASSET).parent.mkdir(exist_ok=True)
     write_mhr_asset(root / MHR_ASSET, synthetic_rig(TINY.mhr, seed=seed))

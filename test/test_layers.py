@@ -8,7 +8,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sam3d_body_ros"
 # module prefix -> layer; a module may import its own layer or lower ones only
 LAYERS = {"sam3d_body_ros.core": 0, "sam3d_body_ros.runtime": 1, "sam3d_body_ros.pipeline": 2,
-          "sam3d_body_ros.tracks": 2, "sam3d_body_ros.smoothing": 2, "sam3d_body_ros.ros": 3,
+          "sam3d_body_ros.tracks": 2, "sam3d_body_ros.smoothing": 2, "sam3d_body_ros.people": 2,
+          "sam3d_body_ros.ros": 3,
           "sam3d_body_ros.tools": 4, "sam3d_body_ros.__main__": 5, "sam3d_body_ros": 5}
 
 

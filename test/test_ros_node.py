@@ -89,13 +89,16 @@ def test_outputs_for_two_persons(ros):
     ref = node.pipeline.infer(PHOTO, BOXES, K)
     o, faces = ref.outputs, ref.faces
     cam_t = o["pred_cam_t"][:, None]
+    bodies = out["bodies"].detections
+    track_ids = [int(b.id) for b in bodies]  # tracking iou (the default): track ids, not the detection ids
+    assert len(set(track_ids)) == 2
     mesh = meshes(out["markers"])
-    assert [m.id for m in mesh] == [0, 1]
+    assert [m.id for m in mesh] == track_ids
     for i, m in enumerate(mesh):
         assert m.type == m.TRIANGLE_LIST and len(m.points) == 3 * F == 3840
         np.testing.assert_allclose(points(m), (o["pred_vertices"][i] + cam_t[i])[faces.reshape(-1)], atol=1e-5)
-    skel = [m for m in out["markers"].markers if m.ns == "skeleton"]
-    assert [m.id for m in skel] == [0, 1] and all(m.type == m.LINE_LIST for m in skel)
+    skel = [m for m in out["markers"].markers if m.ns == "skeleton" and m.action == m.ADD]
+    assert [m.id for m in skel] == track_ids and all(m.type == m.LINE_LIST for m in skel)
     kp_cam = o["pred_keypoints_3d"] + cam_t
     np.testing.assert_allclose(points(skel[1]), kp_cam[1][np.array(SKELETON_EDGES).reshape(-1)], atol=1e-5)
 
@@ -113,8 +116,6 @@ def test_outputs_for_two_persons(ros):
                                atol=1e-5)
     assert all(p.orientation.w == 1.0 for p in kps)
 
-    bodies = out["bodies"].detections
-    assert [b.id for b in bodies] == IDS
     assert [b.results[0].hypothesis.class_id for b in bodies] == ["person", "person"]
     np.testing.assert_allclose([b.results[0].hypothesis.score for b in bodies], SCORES)
     for i, b in enumerate(bodies):
@@ -201,19 +202,20 @@ def test_bad_boxes_are_dropped_per_box(ros):
                                                            scores=SCORES), timeout=10.0)
         assert got is not None, name
         out = got[1]
-        assert [b.id for b in out["bodies"].detections] == ["good"], name
+        [body] = out["bodies"].detections  # the good box, with its detection's score
+        assert body.results[0].hypothesis.score == pytest.approx(SCORES[0]), name
         assert len(meshes(out["markers"])) == 1 and len(out["joints"].poses) == 127
         assert warned(probe, "box", before), name
 
 
 def test_empty_detections_clear_outputs(ros):
     node, probe, stamps = ros
-    valid(probe, stamps)
+    shown = [int(b.id) for b in valid(probe, stamps)[1]["bodies"].detections]
     got = resend_until(probe, lambda: probe.send_frame(next(stamps), boxes=np.zeros((0, 4))), timeout=10.0)
     assert got is not None
     h, out = got
     deletes = {(m.ns, m.id) for m in out["markers"].markers if m.action == m.DELETE}
-    assert deletes == {("mesh", 0), ("mesh", 1), ("skeleton", 0), ("skeleton", 1)}
+    assert deletes == {(ns, i) for ns in ("mesh", "skeleton") for i in shown}
     assert out["joints"].poses == [] and out["keypoints"].poses == [] and out["bodies"].detections == []
     valid(probe, stamps)
 

@@ -67,7 +67,7 @@ def test_separate_process_answers(remote):
     assert [len(m.points) for m in mesh] == [3840, 3840]
     assert all(m.header.frame_id == FRAME_ID and stamp_ns(m.header) == stamp_ns(h) for m in out["markers"].markers)
     assert len(out["joints"].poses) == 2 * 127 and out["joints"].header.frame_id == FRAME_ID
-    assert [b.id for b in out["bodies"].detections] == IDS
+    assert len({b.id for b in out["bodies"].detections}) == 2  # track ids (tracking iou)
     np.testing.assert_allclose([b.results[0].hypothesis.score for b in out["bodies"].detections], SCORES)
 
     d = wait_for(lambda: probe.diagnostics() or None, 5.0)
@@ -93,7 +93,8 @@ def test_switches_and_filters_from_the_params_file(remote):
     boxes = np.array([[120.0, 20.0, 440.0, 512.0], [170.0, 20.0, 330.0, 210.0], [10.0, 10.0, 100.0, 200.0]])
     got = resend_until(probe, lambda: _mixed(probe, next(stamps), boxes), 20.0, ("bodies",))
     assert got is not None
-    assert [b.id for b in got[1]["bodies"].detections] == ["a"]
+    [body] = got[1]["bodies"].detections  # detection "a"
+    assert body.results[0].hypothesis.score == pytest.approx(0.9)
     assert not probe.received["keypoints"]  # publish_keypoints: false
     assert wait_for(lambda: int(probe.diagnostics().get("detections_filtered", 0)) >= 2, 5.0)
 

@@ -57,8 +57,9 @@ def test_bench_command_writes_json_and_table(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     cmd = [sys.executable, "-m", "sam3d_body_ros", "bench", "--config", "tiny", "--device", "cpu", "--warmup", "1",
            "--iters", "2", "--batches", "1,2", "--decoder-persons", "2", "--pipeline-persons", "1",
-           "--memory-persons", "1", "--backends", "torch:fp32,torch-int8:int8", "--pipeline-backend", "torch:fp32",
-           "--node-persons", "1", "--node-rate", "5", "--node-duration", "3", "--node-warmup", "2", "--out", str(out)]
+           "--full-persons", "1", "--memory-persons", "1", "--backends", "torch:fp32,torch-int8:int8",
+           "--pipeline-backend", "torch:fp32", "--node-persons", "1", "--node-extra", "", "--node-rate", "5",
+           "--node-duration", "3", "--node-warmup", "2", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
@@ -70,7 +71,8 @@ def test_bench_command_writes_json_and_table(tmp_path: Path) -> None:
     torch_fp32 = [b for b in r["backbone"] if b["backend"] == "torch"]
     assert all(b["feature_rel_l2_vs_fp32"] == 0.0 for b in torch_fp32)  # same eager fp32 module on CPU
     assert [(d["path"], d["persons"]) for d in r["decoder"]] == [("eager", 2)]
-    assert [p["persons"] for p in r["pipeline"]] == [1] and r["pipeline"][0]["median_ms"] > 0
+    assert [(p["mode"], p["persons"]) for p in r["pipeline"]] == [("body", 1), ("full", 1)]
+    assert all(p["median_ms"] > 0 for p in r["pipeline"])
     assert "median ms" in proc.stdout and "pipeline" in proc.stdout and "node (DDS)" in proc.stdout
     check_node_rows(r)
 

@@ -18,7 +18,7 @@ from .config import FULL, TINY, DecoderConfig, MHRConfig, ModelConfig
 from .crop import IMAGENET_MEAN, IMAGENET_STD
 from .errors import WeightsError
 from .mhr import MHRAssetError, MHRBody, MHRRig, load_mhr_asset
-from .model import BODY_MODE_UNUSED_PREFIXES, SAM3DBodyHead
+from .model import BODY_MODE_UNUSED_PREFIXES, HAND_CAMERA_SCALE, SAM3DBodyHead
 
 WEIGHTS_FILE = "model.ckpt"
 CONFIG_FILE = "model_config.yaml"
@@ -57,6 +57,10 @@ SUPPORTED_SETTINGS: tuple[tuple[str, Any, Any], ...] = (
     ("MODEL.CAMERA_HEAD.MLP_DEPTH", 2, 1),
     ("MODEL.CAMERA_HEAD.MLP_CHANNEL_DIV_FACTOR", 1, 1),
 )
+# Settings only the hand decoder (`full` mode) depends on: checked when it is built.
+HAND_SETTINGS: tuple[tuple[str, Any, Any], ...] = (
+    ("MODEL.CAMERA_HEAD.DEFAULT_SCALE_FACTOR_HAND", HAND_CAMERA_SCALE, 1.0),
+)
 DECODER_KEYS = {"dim": "DIM", "depth": "DEPTH", "heads": "HEADS", "dim_head": "DIM_HEAD", "mlp_dim": "MLP_DIM"}
 
 
@@ -81,15 +85,16 @@ def _get(tree: Mapping[str, Any], dotted: str, default: Any, path: Path) -> Any:
     return node
 
 
-def config_from_yaml(path: Path, mhr: MHRConfig) -> ModelConfig:
-    """Map upstream `model_config.yaml` to a ModelConfig (MHR sizes come from the rig); unsupported values raise."""
+def config_from_yaml(path: Path, mhr: MHRConfig, hands: bool = False) -> ModelConfig:
+    """Map upstream `model_config.yaml` to a ModelConfig (MHR sizes come from the rig); unsupported values raise
+    (with `hands`, also those of the hand decoder)."""
     try:
         tree = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise WeightsError(f"cannot read {CONFIG_FILE} ({path}): {exc}") from exc
     if not isinstance(tree, Mapping):
         raise WeightsError(f"{CONFIG_FILE} is not a mapping ({path}): use the file shipped with the weights")
-    for key, supported, default in SUPPORTED_SETTINGS:
+    for key, supported, default in SUPPORTED_SETTINGS + (HAND_SETTINGS if hands else ()):
         value = _get(tree, key, default, path)
         if value != supported:
             raise WeightsError(f"{key} = {value!r} is not supported ({path}): this implementation needs {supported!r}")
@@ -171,8 +176,12 @@ def _find_config(ckpt_dir: Path) -> Path:
     raise WeightsError(f"{CONFIG_FILE} not found ({ckpt_dir / CONFIG_FILE}): copy it from the weights release")
 
 
-def load_checkpoint(ckpt_dir: Path, device: str | torch.device = "cpu", trust_pickle: bool = False) -> LoadedCheckpoint:
-    """Read an upstream weights directory strictly; every checkpoint key must load or be a known unused prefix."""
+def load_checkpoint(ckpt_dir: Path, device: str | torch.device = "cpu", trust_pickle: bool = False,
+                    hands: bool = False) -> LoadedCheckpoint:
+    """Read an upstream weights directory strictly; every checkpoint key must load or be a known unused prefix.
+
+    `hands` (`full` mode): the hand decoder branch is built and loaded strictly too; otherwise its keys are skipped.
+    """
     ckpt_dir = Path(ckpt_dir)
     weights_path = ckpt_dir / WEIGHTS_FILE
     asset_path = ckpt_dir / MHR_ASSET
@@ -191,11 +200,11 @@ def load_checkpoint(ckpt_dir: Path, device: str | torch.device = "cpu", trust_pi
         if got != want:
             raise WeightsError(f"MHR asset has {got} {what} values, SAM 3D Body needs {want} ({asset_path}): "
                                f"use the assets/mhr_model.pt of the SAM 3D Body release")
-    cfg = config_from_yaml(_find_config(ckpt_dir), rig_config(rig))
+    cfg = config_from_yaml(_find_config(ckpt_dir), rig_config(rig), hands)
     state = _read_state_dict(weights_path, trust_pickle)
 
     encoder = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
-    skipped = (BACKBONE_PREFIX,) + BODY_MODE_UNUSED_PREFIXES + RIG_PREFIXES
+    skipped = (BACKBONE_PREFIX,) + RIG_PREFIXES + (() if hands else BODY_MODE_UNUSED_PREFIXES)
     head_state = {k: v for k, v in state.items() if not k.startswith(skipped)}
     if not encoder:
         raise WeightsError(f"no {BACKBONE_PREFIX}* keys ({weights_path}): not a SAM 3D Body checkpoint")
@@ -203,15 +212,18 @@ def load_checkpoint(ckpt_dir: Path, device: str | torch.device = "cpu", trust_pi
     backbone_state = checkpoint_filter_fn(encoder, skeleton)
     _check_keys(skeleton.state_dict(), backbone_state, "backbone", weights_path)
 
-    head = SAM3DBodyHead(cfg, MHRBody(rig))
+    head = SAM3DBodyHead(cfg, MHRBody(rig), hands=hands)
     _check_keys(head.state_dict(), head_state, "decoder/head", weights_path)
     head.load_state_dict(head_state, strict=True)
-    if not torch.equal(head.head_pose.faces, rig.faces.to(head.head_pose.faces)):
-        raise WeightsError(f"head_pose.faces differ from the mesh of {MHR_ASSET} ({weights_path}): "
-                           f"the asset and the checkpoint come from different releases")
+    for pose_head in ("head_pose", "head_pose_hand") if hands else ("head_pose",):
+        faces = head.get_submodule(pose_head).faces
+        if not torch.equal(faces, rig.faces.to(faces)):
+            raise WeightsError(f"{pose_head}.faces differ from the mesh of {MHR_ASSET} ({weights_path}): "
+                               f"the asset and the checkpoint come from different releases")
     unused = len(state) - len(encoder) - len(head_state)
     source = (f"{ckpt_dir} ({cfg.name} config, {len(backbone_state)} backbone + {len(head_state)} head tensors, "
-              f"{unused} hand-branch/rig tensors not used in body mode)")
+              + (f"hand branch included, {unused} rig tensors unused)" if hands else
+                 f"{unused} hand-branch/rig tensors not used in body mode)"))
     head.weights_description = source
     return LoadedCheckpoint(cfg=cfg, head=head.to(device), backbone_state=backbone_state, source=source)
 

@@ -63,10 +63,13 @@ class Attention(nn.Module):
         n, t, _ = x.shape
         return x.reshape(n, t, self.num_heads, -1).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q (N,T,query_dim), k/v (N,S,kv_dim), optional boolean `attn_mask` broadcastable to (N,heads,T,S) (True =
+        attend) -> (N,T,query_dim)."""
         n, t, _ = q.shape
         out = F.scaled_dot_product_attention(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)),
-                                             self._heads(self.v_proj(v)))
+                                             self._heads(self.v_proj(v)), attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(n, t, -1))
 
 
@@ -87,14 +90,17 @@ class DecoderLayer(nn.Module):
         self.ln3 = LayerNorm32(dim, eps=LN_EPS)
         self.ffn = FFN(dim, cfg.mlp_dim, dim, act=nn.GELU)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, x_pe: torch.Tensor,
-                context_pe: torch.Tensor) -> torch.Tensor:
-        """x (N,T,dim) tokens, context (N,HW,C) image tokens, x_pe (N,T,dim), context_pe (1|N,HW,C) -> new tokens."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor, x_pe: torch.Tensor, context_pe: torch.Tensor,
+                self_attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N,T,dim) tokens, context (N,HW,C) image tokens, x_pe (N,T,dim), context_pe (1|N,HW,C) -> new tokens.
+
+        `self_attn_mask` (boolean, broadcastable to (N,heads,T,T)) restricts which tokens the self-attention reads.
+        """
         x_pe = self.ln_pe_1(x_pe)
         context_pe = self.ln_pe_2(context_pe)
         h = self.ln1(x)
         qk = h if self.skip_first_pe else h + x_pe
-        x = x + self.self_attn(qk, qk, h)
+        x = x + self.self_attn(qk, qk, h, self_attn_mask)
         ctx = self.ln2_2(context)
         x = x + self.cross_attn(self.ln2_1(x) + x_pe, ctx + context_pe, ctx)
         return x + self.ffn(self.ln3(x))

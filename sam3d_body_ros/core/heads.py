@@ -27,7 +27,9 @@ NUM_FACE = 72
 NUM_POSE = NUM_GLOBAL_6D + NUM_BODY_CONT + NUM_SHAPE + NUM_SCALE + 2 * NUM_HAND_CONT + NUM_FACE  # 519
 NUM_CAM = 3  # (s, tx, ty)
 NUM_POSE_PARAMS = 136  # 3 trans + 3 rot + 130 body (hands scattered in)
-NUM_NONHAND_PARAMS = 145  # hand-decoder buffer, kept for key compatibility
+NUM_NONHAND_PARAMS = 145  # MHR params the hand decoder's head zeroes (`nonhand_param_idxs`)
+NUM_BODY_MODEL_POSE = 130  # body params fed to MHR (the 133 without the jaw)
+RIGHT_HAND_KEYPOINTS = range(21, 42)  # MHR70 keypoints the hand decoder's head keeps (the others are zeroed)
 
 # Upstream index tables (sam_3d_body/models/modules/mhr_utils.py): where each decoded body value goes in the 133.
 BODY_3DOF_PARAM_IDXS = (
@@ -68,24 +70,42 @@ def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
     return roma.special_gramschmidt(x.unflatten(-1, (2, 3)).transpose(-1, -2))
 
 
-def intrinsic_zyx_euler(rotmat: torch.Tensor, epsilon: float = 1e-7) -> torch.Tensor:
-    """Rotation (..., 3, 3) -> angles (..., 3) equal to `roma.rotmat_to_euler("ZYX", R)`, without host syncs.
+def rotmat_to_euler(convention: str, rotmat: torch.Tensor, epsilon: float = 1e-7) -> torch.Tensor:
+    """Rotation (..., 3, 3) -> Tait-Bryan angles (..., 3) equal to `roma.rotmat_to_euler(convention, R)`, without
+    host syncs: roma's quaternion algorithm (from SciPy), its masked assignments as `where`.
 
-    roma's quaternion algorithm (from SciPy) for the intrinsic ZYX sequence, its masked assignments as `where`.
+    Lower-case conventions are extrinsic, upper-case intrinsic (roma's rule).
     """
-    q = roma.rotmat_to_unitquat(rotmat)
-    x, y, z, w = q.unbind(-1)
-    a, b, c, d = w - y, x + z, y + w, z - x
+    extrinsic = convention.islower()
+    i, j, k = ("xyz".index(axis) for axis in (convention if extrinsic else convention.lower()[::-1]))
+    if i == k:
+        raise ValueError(f"only Tait-Bryan conventions (three distinct axes) are supported, got {convention!r}")
+    sign = (i - j) * (j - k) * (k - i) // 2
+    q = roma.rotmat_to_unitquat(rotmat).unbind(-1)
+    qk = q[k] if sign > 0 else -q[k]
+    a, b, c, d = q[3] - q[j], q[i] + qk, q[j] + q[3], qk - q[i]
     mid = 2 * torch.atan2(torch.hypot(c, d), torch.hypot(a, b))
     case1 = mid.abs() <= epsilon
     case2 = (mid - math.pi).abs() <= epsilon
     half_sum = torch.atan2(b, a)
     half_diff = torch.atan2(d, c)
-    first = torch.where(case1, 2 * half_sum, torch.where(case2, 2 * half_diff, half_sum + half_diff))
-    third = torch.where(case1 | case2, torch.zeros_like(mid), half_sum - half_diff)
+    # roma's angle_first / angle_third: the first and third angle of the sequence, in the output's order.
+    first, third = (half_sum - half_diff, half_sum + half_diff) if extrinsic else (half_sum + half_diff,
+                                                                                  half_sum - half_diff)
+    degenerate_first = torch.where(case2, (-2 if extrinsic else 2) * half_diff, first)
+    first = torch.where(case1, 2 * half_sum, degenerate_first)
+    third = torch.where(case1 | case2, torch.zeros_like(mid), third)
+    if sign < 0:  # roma negates the sequence's third angle
+        first, third = (first, -third) if extrinsic else (-first, third)
     angles = torch.stack([first, mid - math.pi / 2, third], dim=-1)
     angles = torch.where(angles < -math.pi, angles + 2 * math.pi, angles)
     return torch.where(angles > math.pi, angles - 2 * math.pi, angles)
+
+
+def intrinsic_zyx_euler(rotmat: torch.Tensor, epsilon: float = 1e-7) -> torch.Tensor:
+    """`roma.rotmat_to_euler("ZYX", R)` without host syncs: how upstream turns the predicted global rotation into
+    the three numbers it feeds MHR as XYZ Euler parameters."""
+    return rotmat_to_euler("ZYX", rotmat, epsilon)
 
 
 def xyz_euler_from_6d(x: torch.Tensor) -> torch.Tensor:
@@ -153,12 +173,18 @@ class BodyDecoding(nn.Module):
 
 
 class MHRHead(nn.Module):
-    """Pose token -> 519-d MHR parameter vector (init + delta) -> decoded params -> MHR mesh, joints, keypoints."""
+    """Pose token -> 519-d MHR parameter vector (init + delta) -> decoded params -> MHR mesh, joints, keypoints.
 
-    def __init__(self, cfg: ModelConfig, mhr: nn.Module) -> None:
+    `hand_model`: the hand decoder's head (upstream `enable_hand_model`, key `head_pose_hand`): its prediction is
+    wrist-centric (moved to the MHR root through `local_to_world_wrist`, `right_wrist_coords`, `root_coords`), the
+    non-hand MHR params are zeroed and only the right-hand keypoints are kept.
+    """
+
+    def __init__(self, cfg: ModelConfig, mhr: nn.Module, hand_model: bool = False) -> None:
         super().__init__()
         m, dim = cfg.mhr, cfg.decoder.dim
         self.num_keypoints = m.num_keypoints
+        self.hand_model = hand_model
         self.proj = FFN(dim, dim, NUM_POSE)
         num_scales = m.num_model_params - NUM_POSE_PARAMS
         # Checkpoint-carried tensors (upstream stores them as frozen parameters; same keys).
@@ -173,13 +199,16 @@ class MHRHead(nn.Module):
         self.register_buffer("hand_joint_idxs_right", torch.zeros(NUM_HAND_PARAMS, dtype=torch.long))
         self.register_buffer("keypoint_mapping",
                              torch.zeros(m.num_regressed_keypoints, m.num_vertices + m.num_joints))
-        # Hand-decoder buffers (unused in body mode, present in every upstream MHR head).
+        # Hand-decoder buffers (used when `hand_model`; present in every upstream MHR head).
         self.register_buffer("right_wrist_coords", torch.zeros(3))
         self.register_buffer("root_coords", torch.zeros(3))
         self.register_buffer("local_to_world_wrist", torch.zeros(3, 3))
         self.register_buffer("nonhand_param_idxs", torch.zeros(NUM_NONHAND_PARAMS, dtype=torch.long))
         self.decoding = BodyDecoding()
         self.register_buffer("axis_flip", torch.tensor([1.0, -1.0, -1.0]), persistent=False)  # MHR Y-up -> camera
+        kept = torch.zeros(m.num_keypoints, 1, dtype=torch.bool)
+        kept[RIGHT_HAND_KEYPOINTS] = True
+        self.register_buffer("hand_keypoints", kept, persistent=False)
         self.mhr = mhr
         # Fast keypoints (set by `prepare_fast_keypoints`): the rig rows of the vertices the first K rows of
         # keypoint_mapping use, and those rows' weights over [those vertices; joints].
@@ -213,31 +242,58 @@ class MHRHead(nn.Module):
         `keypoints_only` leaves out pred_vertices; once `prepare_fast_keypoints` ran, MHR then evaluates only the
         vertices the keypoints use (the other outputs are unchanged).
         """
-        pred = self.proj(token) + init_pose
+        params = self.decode(self.proj(token) + init_pose)
+        out = self.body(params["shape_params"], params["mhr_model_params"], params["expr_params"], keypoints_only)
+        out.update(params)
+        return out
+
+    def decode(self, pred: torch.Tensor) -> dict[str, torch.Tensor]:
+        """519-d prediction (N,519) -> decoded parameters, MHR model params and raw pose (upstream output names)."""
         global_6d, body_cont, shape, scale, hand, face = torch.split(
             pred, [NUM_GLOBAL_6D, NUM_BODY_CONT, NUM_SHAPE, NUM_SCALE, 2 * NUM_HAND_CONT, NUM_FACE], dim=1)
         face = face * 0
         global_rot = intrinsic_zyx_euler(rot6d_to_rotmat(global_6d))  # fed to MHR as its XYZ params, as upstream
         body = self.decoding.body(body_cont)
-        hands = self.hand_params(hand)
-        # Global translation is 0 in upstream inference (it would enter MHR as trans * 10); jaw (130:133) dropped.
-        pose = torch.cat([torch.zeros_like(global_rot), global_rot, body[:, :130]], dim=1)
-        pose = pose.index_copy(1, self.hand_joint_idxs_left, hands[:, 0])
-        pose = pose.index_copy(1, self.hand_joint_idxs_right, hands[:, 1])
-        model_params = torch.cat([pose, self.scale_mean + scale @ self.scale_comps], dim=1)
-
-        out = self.body(shape, model_params, face, keypoints_only)
-        out.update({
+        return {
             "global_rot": global_rot,
             "body_pose_params": body,
             "hand_pose_params": hand,
             "scale_params": scale,
             "shape_params": shape,
             "expr_params": face,
-            "mhr_model_params": model_params,
+            "mhr_model_params": self.model_params(global_rot, body, hand, scale),
             "pred_pose_raw": torch.cat([global_6d, body_cont], dim=1),
-        })
-        return out
+        }
+
+    def model_params(self, global_rot: torch.Tensor, body: torch.Tensor, hand: torch.Tensor,
+                     scale: torch.Tensor) -> torch.Tensor:
+        """Decoded global rot (N,3), body (N,133), hand coefficients (N,108), scale PCA (N,28) -> the MHR input
+        (N,204) as upstream `mhr_forward` builds it: [trans * 10, global rot, body[:130]] with both hands scattered
+        in, then the scales (global translation 0; the hand head's wrist-to-root move and non-hand zeroing)."""
+        hands = self.hand_params(hand)
+        trans = torch.zeros_like(global_rot)
+        if self.hand_model:
+            global_rot, trans = self.wrist_to_root(global_rot)
+        pose = torch.cat([trans, global_rot, body[:, :NUM_BODY_MODEL_POSE]], dim=1)
+        pose = pose.index_copy(1, self.hand_joint_idxs_left, hands[:, 0])
+        pose = pose.index_copy(1, self.hand_joint_idxs_right, hands[:, 1])
+        params = torch.cat([pose, self.scale_mean + scale @ self.scale_comps], dim=1)
+        return params.index_fill(1, self.nonhand_param_idxs, 0.0) if self.hand_model else params
+
+    def wrist_to_root(self, global_rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hand head: the wrist-frame rotation (N,3) -> MHR root rotation (XYZ Euler) and translation param (x 10)
+        that put the right wrist at the origin (upstream `mhr_forward` with `enable_hand_model`)."""
+        rot = rotmat_to_euler("xyz", roma.euler_to_rotmat("xyz", global_rot) @ self.local_to_world_wrist)
+        arm = self.right_wrist_coords - self.root_coords
+        trans = -(roma.euler_to_rotmat("xyz", rot) @ arm + self.root_coords)
+        return rot, trans * 10
+
+    def joint_rotations(self, model_params: torch.Tensor) -> torch.Tensor:
+        """Global joint rotations (N,J,3,3) in the MHR frame of MHR model params: forward kinematics only (the
+        `pred_global_rots` that `body` gives, without skinning)."""
+        dtype = self.mhr.base_shape.dtype
+        skel = self.mhr.skeleton_state(self.mhr.joint_parameters(model_params.to(dtype))).to(dtype)
+        return roma.unitquat_to_rotmat(skel[..., 3:7])
 
     def body(self, shape: torch.Tensor, model_params: torch.Tensor, expr: torch.Tensor,
              keypoints_only: bool = False) -> dict[str, torch.Tensor]:
@@ -257,6 +313,8 @@ class MHRHead(nn.Module):
             keypoints = self.keypoint_weights @ torch.cat([kp_verts, joints], dim=1)
         else:
             keypoints = self.keypoint_mapping[: self.num_keypoints] @ torch.cat([verts, joints], dim=1)
+        if self.hand_model:
+            keypoints = torch.where(self.hand_keypoints, keypoints, torch.zeros_like(keypoints))
         flip = self.axis_flip  # positions only; rotations stay in the MHR frame, as upstream
         out = {} if keypoints_only else {"pred_vertices": verts * flip}
         out.update({

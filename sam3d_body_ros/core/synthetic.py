@@ -19,7 +19,9 @@ from .heads import (
     NUM_BODY_PARAMS,
     NUM_HAND_CONT,
     NUM_HAND_PARAMS,
+    NUM_NONHAND_PARAMS,
     NUM_SCALE,
+    MHRHead,
     body_params_to_cont,
 )
 from .keypoints import MHR_JOINT_NAMES, MHR_JOINT_PARENTS
@@ -297,15 +299,20 @@ def _synthetic_geometry(cfg: MHRConfig) -> _SyntheticGeometry:
     return _SyntheticGeometry(joints, frames, vertices, normals, faces, joint[ring_of_vertex], weight[ring_of_vertex])
 
 
+def _scaled_joints() -> list[str]:
+    """Joints with a scale parameter in the synthetic rig (their columns follow the pose params, in this order)."""
+    return [
+        n for n in MHR_JOINT_NAMES[1:] if not n.endswith(("_null", "_proc")) and not n.startswith(("c_tongue", "c_teeth"))
+    ]
+
+
 def _parameter_transform(cfg: MHRConfig) -> torch.Tensor:
     """(J*7, num_model_params + num_identity): root, body DoFs, twist couplings and 68 joint scales."""
     J = len(MHR_JOINT_NAMES)
     pose: list[tuple[str, int]] = [("root", c) for c in range(6)]
     pose += [(name, c) for name in _THREE_DOF for c in (3, 4, 5)]
     pose += list(_ONE_DOF) + list(_TRANSLATION_DOF)
-    scaled = [
-        n for n in MHR_JOINT_NAMES[1:] if not n.endswith(("_null", "_proc")) and not n.startswith(("c_tongue", "c_teeth"))
-    ]
+    scaled = _scaled_joints()
     num_pose = cfg.num_model_params - len(scaled)
     if len(pose) != num_pose:
         raise ValueError(
@@ -440,6 +447,11 @@ RANDOM_OUTPUT_LAYER_GAIN = 0.01  # random heads predict small deltas around the 
 # Crop camera (s, tx, ty) before upstream's sign flip of s and ty: the body (~1.8 m) fills the crop and its pelvis
 # (0.92 m above the MHR origin) lands near the box centre.
 RANDOM_INIT_CAMERA = (-0.9, 0.0, -0.9)
+# The hand decoder's crop camera (its scale is x 10): the wrist (at the origin) at the crop centre, the ~18 cm hand
+# spanning ~45 % of the crop side.
+RANDOM_INIT_CAMERA_HAND = (-0.5, 0.0, 0.0)
+# Upstream multiplies the global translation by 10 before MHR; the synthetic rig's translation params are cm.
+_TRANSLATION_UNIT_CM = 10.0
 
 
 def _hand_zero_cont() -> torch.Tensor:
@@ -450,27 +462,55 @@ def _hand_zero_cont() -> torch.Tensor:
     return cont
 
 
-def random_head(cfg: ModelConfig, seed: int = 0) -> SAM3DBodyHead:
-    """Seeded RANDOM head on a SYNTHETIC rig (no weights): a T-posed body near the init, not a real estimate."""
+def _synthetic_nonhand_params(num_params: int) -> torch.Tensor:
+    """The hand head's zeroed MHR params for the synthetic rig: the first NUM_NONHAND_PARAMS of those that are not
+    global (6), right-hand pose or a scale of the right wrist's subtree (so the arm is at rest and the wrist where
+    `right_wrist_coords` says)."""
+    scaled = _scaled_joints()
+    first_scale = num_params - len(scaled)
+    wrist = _JOINT["r_wrist"]
+    hand_scales = {first_scale + i for i, name in enumerate(scaled) if _is_ancestor(wrist, _JOINT[name])}
+    kept = set(range(6)) | set(_SYNTHETIC_HAND_IDXS[NUM_HAND_PARAMS:].tolist()) | hand_scales
+    return torch.tensor([i for i in range(num_params) if i not in kept][:NUM_NONHAND_PARAMS])
+
+
+def _fill_pose_head(hp: MHRHead, cfg: ModelConfig, keypoint_mapping: torch.Tensor, faces: torch.Tensor) -> None:
+    """Synthetic values of an MHR head's checkpoint-carried tensors (the hand head's wrist frame too)."""
+    hp.joint_rotation.copy_(torch.eye(3).expand_as(hp.joint_rotation))
+    hp.scale_comps.copy_(0.1 * torch.eye(NUM_SCALE, hp.scale_comps.shape[1]))
+    hp.hand_pose_mean.copy_(_hand_zero_cont())
+    hp.hand_joint_idxs_left.copy_(_SYNTHETIC_HAND_IDXS[:NUM_HAND_PARAMS])
+    hp.hand_joint_idxs_right.copy_(_SYNTHETIC_HAND_IDXS[NUM_HAND_PARAMS:])
+    hp.keypoint_mapping.copy_(keypoint_mapping)
+    hp.faces.copy_(faces)
+    if hp.hand_model:
+        rest = _rest_joint_positions() / _TRANSLATION_UNIT_CM
+        hp.right_wrist_coords.copy_(rest[_JOINT["r_wrist"]])
+        hp.root_coords.copy_(rest[_JOINT["root"]])
+        hp.local_to_world_wrist.copy_(torch.eye(3))
+        hp.nonhand_param_idxs.copy_(_synthetic_nonhand_params(cfg.mhr.num_model_params))
+    hp.prepare_fast_keypoints()
+
+
+def random_head(cfg: ModelConfig, seed: int = 0, hands: bool = False) -> SAM3DBodyHead:
+    """Seeded RANDOM head on a SYNTHETIC rig (no weights): a T-posed body near the init, not a real estimate.
+
+    `hands` adds the hand decoder branch (`full` mode); the body branch is the same as without it.
+    """
     with seeded(seed):
         rig = synthetic_rig(cfg.mhr, seed=seed)
-        head = SAM3DBodyHead(cfg, MHRBody(rig))
-        hp = head.head_pose
+        head = SAM3DBodyHead(cfg, MHRBody(rig), hands=hands)
+        mapping = synthetic_keypoint_mapping(cfg.mhr, seed=seed)
+        zero_pose = torch.cat([torch.tensor([1.0, 0, 0, 0, 1, 0]), body_params_to_cont(torch.zeros(NUM_BODY_PARAMS))])
         with torch.no_grad():
-            for proj in (hp.proj, head.head_camera.proj):
-                proj.layers[1].weight.mul_(RANDOM_OUTPUT_LAYER_GAIN)
-                proj.layers[1].bias.zero_()
-            zero_pose = torch.cat([torch.tensor([1.0, 0, 0, 0, 1, 0]), body_params_to_cont(torch.zeros(NUM_BODY_PARAMS))])
-            head.init_pose.weight.zero_()
-            head.init_pose.weight[0, : zero_pose.numel()] = zero_pose
-            head.init_camera.weight.copy_(torch.tensor([RANDOM_INIT_CAMERA]))
-            hp.joint_rotation.copy_(torch.eye(3).expand_as(hp.joint_rotation))
-            hp.scale_comps.copy_(0.1 * torch.eye(NUM_SCALE, hp.scale_comps.shape[1]))
-            hp.hand_pose_mean.copy_(_hand_zero_cont())
-            hp.hand_joint_idxs_left.copy_(_SYNTHETIC_HAND_IDXS[:NUM_HAND_PARAMS])
-            hp.hand_joint_idxs_right.copy_(_SYNTHETIC_HAND_IDXS[NUM_HAND_PARAMS:])
-            hp.keypoint_mapping.copy_(synthetic_keypoint_mapping(cfg.mhr, seed=seed))
-            hp.faces.copy_(rig.faces)
-        hp.prepare_fast_keypoints()
+            for hand, camera in ((False, RANDOM_INIT_CAMERA), (True, RANDOM_INIT_CAMERA_HAND))[: 2 if hands else 1]:
+                for proj in (head.part("head_pose", hand).proj, head.part("head_camera", hand).proj):
+                    proj.layers[1].weight.mul_(RANDOM_OUTPUT_LAYER_GAIN)
+                    proj.layers[1].bias.zero_()
+                init_pose = head.part("init_pose", hand).weight
+                init_pose.zero_()
+                init_pose[0, : zero_pose.numel()] = zero_pose
+                head.part("init_camera", hand).weight.copy_(torch.tensor([camera]))
+                _fill_pose_head(head.part("head_pose", hand), cfg, mapping, rig.faces)
     head.weights_description = f"RANDOM weights (seed {seed}) + SYNTHETIC MHR rig: not a real body estimate"
     return head

@@ -3,6 +3,7 @@ Detection3DArray."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,25 +31,28 @@ class MarkerSpec:
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (P,3) float64, m
 
 
-def _color(slot: int, alpha: float) -> tuple[float, float, float, float]:
-    return (*(c / 255.0 for c in PERSON_COLORS[slot % len(PERSON_COLORS)]), alpha)
+def _color(marker_id: int, alpha: float) -> tuple[float, float, float, float]:
+    return (*(c / 255.0 for c in PERSON_COLORS[marker_id % len(PERSON_COLORS)]), alpha)
 
 
-def marker_specs(vertices: np.ndarray | None, faces: np.ndarray | None, keypoints: np.ndarray,
-                 previous_slots: int, clear_all: bool = False, line_width: float = 0.01) -> list[MarkerSpec]:
-    """Markers of N persons: slot i -> id i in ns `mesh` (TRIANGLE_LIST, 3 points per face; omitted when
-    `vertices` is None) and `skeleton` (LINE_LIST over SKELETON_EDGES of the MHR70 keypoints); DELETEs for
-    the slots [N, previous_slots) no longer used; a leading DELETEALL if `clear_all`."""
+def marker_specs(vertices: np.ndarray | None, faces: np.ndarray | None, keypoints: np.ndarray, ids: Sequence[int],
+                 previous_ids: Iterable[int], clear_all: bool = False, line_width: float = 0.01) -> list[MarkerSpec]:
+    """Markers of N persons: person i -> id ids[i] (its track id; the colour follows the id) in ns `mesh`
+    (TRIANGLE_LIST, 3 points per face; omitted when `vertices` is None) and `skeleton` (LINE_LIST over
+    SKELETON_EDGES of the MHR70 keypoints); DELETEs for the `previous_ids` no longer used; a leading DELETEALL if
+    `clear_all`."""
     out = [MarkerSpec("", 0, action=Marker.DELETEALL)] if clear_all else []
-    for i in range(len(keypoints)):
+    for i, marker_id in enumerate(ids):
         if vertices is not None:
-            out.append(MarkerSpec(MESH_NS, i, Marker.TRIANGLE_LIST, scale=(1.0, 1.0, 1.0), color=_color(i, 0.8),
+            out.append(MarkerSpec(MESH_NS, marker_id, Marker.TRIANGLE_LIST, scale=(1.0, 1.0, 1.0),
+                                  color=_color(marker_id, 0.8),
                                   points=np.take(np.asarray(vertices[i], np.float64), faces.reshape(-1), axis=0)))
-        out.append(MarkerSpec(SKELETON_NS, i, Marker.LINE_LIST, scale=(line_width, 0.0, 0.0), color=_color(i, 1.0),
+        out.append(MarkerSpec(SKELETON_NS, marker_id, Marker.LINE_LIST, scale=(line_width, 0.0, 0.0),
+                              color=_color(marker_id, 1.0),
                               points=np.take(np.asarray(keypoints[i], np.float64), SKELETON_EDGE_ARRAY.reshape(-1),
                                              axis=0)))
-    for i in range(len(keypoints), previous_slots):
-        out += [MarkerSpec(MESH_NS, i, action=Marker.DELETE), MarkerSpec(SKELETON_NS, i, action=Marker.DELETE)]
+    for gone in sorted(set(previous_ids) - set(ids)):
+        out += [MarkerSpec(MESH_NS, gone, action=Marker.DELETE), MarkerSpec(SKELETON_NS, gone, action=Marker.DELETE)]
     return out
 
 

@@ -3,7 +3,8 @@
 A managed (lifecycle) node: `configure` loads the model and warms it up, `activate` starts serving, `deactivate`
 stops publishing without unloading, `cleanup` frees the model (and the GPU), `shutdown` ends. With `autostart`
 (the default) it configures and activates itself when constructed. Parameters come from ros/params.py: live ones
-take effect on the next frame, start-up ones are refused while configured.
+take effect on the next frame, start-up ones are refused while configured. Persons carry track ids over time and
+their bodies are smoothed per track (people.py; parameters tracking*, smoothing*).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rclpy
@@ -31,9 +32,12 @@ from ..core.errors import CONFIG_ERRORS, InputError
 from ..core.keypoints import MHR70_NAMES, MHR_JOINT_NAMES
 from . import conversions, markers
 from .diagnostics import NodeHealth
-from .params import PARAMS, PIPELINE_PARAMS, SCHEMA, usage
+from .params import PARAMS, PEOPLE_PARAMS, PIPELINE_PARAMS, SCHEMA, usage
 from .qos import describe, make_qos
 from .sync import Frame, StampSynchronizer
+
+if TYPE_CHECKING:
+    from ..people import PeopleSettings
 
 NODE_NAME = "sam3d_body"
 FLIP = np.diag([1.0, -1.0, -1.0])  # F applied to pred_global_rots for joint orientations in the camera frame
@@ -86,7 +90,8 @@ class _Result:
     header: Header
     outputs: dict[str, np.ndarray]
     faces: np.ndarray
-    ids: list[str]
+    ids: list[str]  # of ~/bodies: track ids, or the detection ids with tracking off
+    track_ids: list[int]  # of the markers
     class_ids: list[str]
     scores: np.ndarray
     stages: dict[str, float]  # ms per stage so far
@@ -126,6 +131,8 @@ class MeshNode(LifecycleNode):
 
         self.health = NodeHealth(f"{self.get_name()}: body mesh")
         self.pipeline = None
+        self.people = None  # track ids + smoothing (people.People), with the pipeline
+        self._people_lock = threading.Lock()  # the worker updates it, parameters and time jumps reset it
         self.config_error: str | None = None  # why the last configure failed
         self._active = False
         self._diag_timer = None
@@ -174,6 +181,9 @@ class MeshNode(LifecycleNode):
                                           queue_size=p["sync_queue_size"], optional_wait=p["camera_info_wait"])
         if {"publish_diagnostics", "diagnostics_period"} & set(changed) and self.pipeline is not None:
             self._restart_diagnostics()
+        if set(PEOPLE_PARAMS) & set(changed) and self.people is not None:
+            with self._people_lock:
+                self.people.configure(people_settings(p))
         if self.pipeline is not None and changed:
             self.get_logger().info("parameters now in effect: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
 
@@ -224,7 +234,7 @@ class MeshNode(LifecycleNode):
         if not self.cdr_ok:
             self.get_logger().warning("this ROS middleware encodes MarkerArray/PoseArray differently from the "
                                       "package's fast encoder; publishing message objects (slower for large meshes)")
-        self._slots, self._first_markers = 0, True
+        self._marker_ids, self._first_markers = [], True
         self._frames, self._results = _Slot(), _Slot()
         self._threads = [threading.Thread(target=self._work, name="sam3d_body_worker", daemon=True),
                          threading.Thread(target=self._publish_loop, name="sam3d_body_publisher", daemon=True)]
@@ -236,6 +246,10 @@ class MeshNode(LifecycleNode):
         sync = "exact stamps" if p["sync_slop"] == 0 else f"approximate, slop {p['sync_slop']} s"
         log.info(f"sync: {sync}; class_ids: {sorted(self.class_ids) or 'all'}; score >= {p['score_threshold']}; "
                  f"max_persons {p['max_persons']}")
+        s = self.people.settings
+        log.info(f"tracking: {s.tracking} (an unmatched track ends after {s.max_missed} frames or {s.max_age_s} s); "
+                 + (f"smoothing: One-Euro min_cutoff {s.min_cutoff} Hz, beta {s.beta}, d_cutoff {s.d_cutoff} Hz"
+                    if s.smoothed else "smoothing: off"))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -275,14 +289,15 @@ class MeshNode(LifecycleNode):
                 self.destroy_timer(timer)
         self._subs, self._pubs, self._timers, self._diag_timer = [], {}, [], None
         device = self.pipeline.device
-        self.pipeline = None
+        self.pipeline, self.people = None, None
         if device.type == "cuda":
             import torch
 
             torch.cuda.empty_cache()
 
     def _load_pipeline(self) -> None:
-        """Build BodyPipeline (imports torch here); errors propagate to on_configure."""
+        """Build BodyPipeline (imports torch here) and People; errors propagate to on_configure."""
+        from ..people import People
         from ..pipeline import BodyPipeline, PipelineSettings
 
         p = self.params
@@ -304,6 +319,7 @@ class MeshNode(LifecycleNode):
             t0 = time.monotonic()
             pipe.warm_up(n)
             self.get_logger().info(f"warm-up done in {time.monotonic() - t0:.1f} s")
+        self.people = People(pipe, people_settings(p))
         self.pipeline = pipe
 
     # ---------------------------------------------------------------- inputs
@@ -325,8 +341,11 @@ class MeshNode(LifecycleNode):
         jump = self.sync.time_jump(key, stamp)
         if jump:
             self.health.count("time_jumps")
+            with self._people_lock:
+                self.people.reset()
             self.get_logger().warning(f"time jumped back by {jump / 1e9:.3f} s (bag loop, simulator reset or camera "
-                                      f"restart): synchroniser reset, serving from stamp {stamp / 1e9:.3f} s")
+                                      f"restart): synchroniser, tracks and smoothing reset, serving from stamp "
+                                      f"{stamp / 1e9:.3f} s")
         self._submit(self.sync.add(key, stamp, msg, time.monotonic()))
 
     def _poll_sync(self) -> None:
@@ -420,9 +439,15 @@ class MeshNode(LifecycleNode):
             self._warn("box", f"frame at {frame.stamp_ns / 1e9:.3f} s: {len(result.rejected)} detection(s) dropped: "
                               + "; ".join(result.rejected))
         keep = result.kept
-        stages = {"convert": 1000 * (t1 - t0), **{k: v for k, v in result.timings_ms.items() if k != "total"}}
+        det_ids = [dets.ids[i] for i in keep]
+        with self._people_lock:
+            track_ids, outputs = self.people.update(frame.stamp_ns, dets.boxes[keep], det_ids, result)
+            ids = det_ids if self.people.settings.tracking == "off" else [str(t) for t in track_ids]
+            people_ms = self.people.timings_ms
+        stages = {"convert": 1000 * (t1 - t0), **{k: v for k, v in result.timings_ms.items() if k != "total"},
+                  **people_ms}
         # waits while the previous frame is still being published
-        self._results.put(_Result(image_msg.header, result.outputs, result.faces, [dets.ids[i] for i in keep],
+        self._results.put(_Result(image_msg.header, outputs, result.faces, ids, track_ids,
                                   [dets.class_ids[i] for i in keep], dets.scores[keep], stages, t0))
 
     def _publish_loop(self) -> None:
@@ -431,7 +456,7 @@ class MeshNode(LifecycleNode):
                 continue
             t = time.perf_counter()
             try:
-                self._publish(r.header, r.outputs, r.faces, r.ids, r.class_ids, r.scores)
+                self._publish(r.header, r.outputs, r.faces, r.ids, r.track_ids, r.class_ids, r.scores)
             except Exception as e:  # keep serving; the error is logged and in diagnostics
                 self._warn("publish", f"frame at {conversions.stamp_ns(r.header) / 1e9:.3f} s not published: "
                                       f"{type(e).__name__}: {e}")
@@ -441,18 +466,17 @@ class MeshNode(LifecycleNode):
                                    len(r.ids))
 
     def _publish(self, header: Header, o: dict[str, np.ndarray], faces: np.ndarray, ids: list[str],
-                 cls: list[str], scores: np.ndarray) -> None:
+                 track_ids: list[int], cls: list[str], scores: np.ndarray) -> None:
         p, pubs = self.params, self._pubs
         cam_t = o["pred_cam_t"][:, None, :]
         verts = o["pred_vertices"] + cam_t
         kps = o["pred_keypoints_3d"] + cam_t
-        n = len(verts)
         if p["publish_markers"] and pubs["markers"].get_subscription_count() > 0:  # 2.7 MB per person
             mesh = verts if p["publish_mesh"] else None
-            specs = markers.marker_specs(mesh, faces, kps, self._slots, clear_all=self._first_markers)
+            specs = markers.marker_specs(mesh, faces, kps, track_ids, self._marker_ids, clear_all=self._first_markers)
             encode = markers.marker_array_cdr if self.cdr_ok else markers.marker_array
             pubs["markers"].publish(encode(header, specs))
-            self._slots, self._first_markers = n, False
+            self._marker_ids, self._first_markers = track_ids, False
         poses = markers.pose_array_cdr if self.cdr_ok else markers.pose_array
         if p["publish_joints"]:
             pubs["joints"].publish(poses(header, o["pred_joint_coords"] + cam_t,
@@ -484,7 +508,7 @@ def cdr_matches_rmw() -> bool:
     header = Header(frame_id="camera")
     header.stamp.sec, header.stamp.nanosec = 12, 345
     specs = markers.marker_specs(rng.random((2, 5, 3)), np.array([[0, 1, 2], [2, 3, 4]]), rng.random((2, 70, 3)),
-                                 previous_slots=3, clear_all=True)
+                                 ids=[4, 1], previous_ids=[1, 2, 3], clear_all=True)
     pos, quat = rng.random((2, 4, 3)), rng.random((2, 4, 4))
     pairs = [(markers.marker_array_cdr(header, specs), markers.marker_array(header, specs), MarkerArray),
              (markers.pose_array_cdr(header, pos, quat), markers.pose_array(header, pos, quat), PoseArray),
@@ -494,6 +518,15 @@ def cdr_matches_rmw() -> bool:
                    for fast, msg, kind in pairs)
     except Exception:  # a different wire format fails to decode
         return False
+
+
+def people_settings(p: dict[str, Any]) -> PeopleSettings:
+    """people.PeopleSettings of the node's parameters PEOPLE_PARAMS (imported here: tracks loads scipy)."""
+    from ..people import PeopleSettings
+
+    return PeopleSettings(tracking=p["tracking"], max_missed=p["track_max_missed"], max_age_s=p["track_max_age"],
+                          smoothing=p["smoothing"], min_cutoff=p["smoothing_min_cutoff"], beta=p["smoothing_beta"],
+                          d_cutoff=p["smoothing_d_cutoff"])
 
 
 def joint_quaternions(global_rots: np.ndarray) -> np.ndarray:

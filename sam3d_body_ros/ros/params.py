@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..smoothing import DEFAULT_BETA, DEFAULT_D_CUTOFF, DEFAULT_MIN_CUTOFF
+
 Value = bool | int | float | str
 
 
@@ -19,6 +21,7 @@ class Param:
     description: str
     choices: tuple[Value, ...] = ()
     live: bool = False
+    positive: bool = False  # a number that must be > 0
 
     @property
     def type(self) -> type:
@@ -32,10 +35,13 @@ class Param:
             return f"{self.name} takes one of {', '.join(map(str, self.choices))}, got {value!r}"
         if self.type in (int, float) and value < 0:
             return f"{self.name} must not be negative, got {value!r}"
+        if self.positive and value <= 0:
+            return f"{self.name} must be positive, got {value!r}"
         return None
 
 
 _RELIABILITY = ("reliable", "best_effort")
+TRACKING_CHOICES = ("detector", "iou", "off")  # tracks.MODES (not imported: it loads scipy)
 BACKEND_CHOICES = ("auto", "torch", "torch-int8", "onnxruntime", "tensorrt", "pt2")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8")
 MODEL_CONFIG_HELP = ("model size when no weights are given: tiny (small dimensions, seconds on a CPU: for tests and the "
@@ -56,6 +62,9 @@ PARAMS: tuple[Param, ...] = (
     Param("engine_cache_dir", "", "TensorRT engine cache dir (empty: $SAM3D_BODY_ENGINE_CACHE or "
                                   "~/.cache/sam3d_body_ros/engines)"),
     Param("seed", 0, "seed of the random weights used without weights_dir"),
+    Param("mode", "body", "body: one decoder pass per person; full: upstream's default, + both hands refined by the "
+                          "hand decoder and merged (about 3x the GPU time; needs weights with the hand branch)",
+          ("body", "full")),
     Param("warm_up", True, "on CUDA, compile and capture every person count up to max_persons (<= 8) at configure"),
     Param("autostart", True, "configure and activate at start-up (false: wait for a lifecycle manager)"),
     # detections (live)
@@ -63,6 +72,22 @@ PARAMS: tuple[Param, ...] = (
     Param("score_threshold", 0.0, "ignore detections whose score is below this", live=True),
     Param("class_ids", "", "comma-separated detection class ids to keep (e.g. 'person,0'); empty keeps every class",
           live=True),
+    # people over time (live)
+    Param("tracking", "iou", "track ids of the persons over time: iou (boxes matched frame to frame by IoU with "
+                             "their constant-velocity predictions; the default, as many detectors send per-frame "
+                             "indices as ids), detector (the detection ids are track ids; boxes without one by IoU) "
+                             "or off (ids are per-frame indices, bodies keep the detection ids, no smoothing)",
+          TRACKING_CHOICES, live=True),
+    Param("track_max_missed", 10, "frames an unmatched track survives (missed or cut by max_persons)", live=True),
+    Param("track_max_age", 1.0, "s of header time an unmatched track survives (dropped frames count)", live=True),
+    Param("smoothing", True, "per-track One-Euro smoothing of the body parameters before the body model (mesh, "
+                             "joints and keypoints stay consistent); only with tracking != off", live=True),
+    Param("smoothing_min_cutoff", DEFAULT_MIN_CUTOFF, "One-Euro cutoff in Hz at rest: lower is smoother when still",
+          live=True, positive=True),
+    Param("smoothing_beta", DEFAULT_BETA, "One-Euro cutoff increase in Hz per m/s or rad/s of speed: higher lags "
+                                          "less when moving", live=True),
+    Param("smoothing_d_cutoff", DEFAULT_D_CUTOFF, "One-Euro cutoff in Hz of the speed estimate", live=True,
+          positive=True),
     # synchronisation (live)
     Param("sync_slop", 0.0, "stamp tolerance in s for matching image/detections/camera_info; 0 = exact stamps",
           live=True),
@@ -88,7 +113,9 @@ PARAMS: tuple[Param, ...] = (
     Param("diagnostics_period", 1.0, "s between /diagnostics messages", live=True),
 )
 SCHEMA: dict[str, Param] = {p.name: p for p in PARAMS}
-PIPELINE_PARAMS = ("model_config", "backend", "weights_dir", "backbone_file", "device", "precision", "seed")
+PIPELINE_PARAMS = ("model_config", "backend", "weights_dir", "backbone_file", "device", "precision", "seed", "mode")
+PEOPLE_PARAMS = ("tracking", "track_max_missed", "track_max_age", "smoothing", "smoothing_min_cutoff",
+                 "smoothing_beta", "smoothing_d_cutoff")
 
 
 def defaults() -> dict[str, Value]:

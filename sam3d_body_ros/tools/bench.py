@@ -253,7 +253,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         pipeline_backend = None
         sync = (lambda: torch.cuda.synchronize(device)) if is_cuda else (lambda: None)
         persons_list = [int(p) for p in args.pipeline_persons.split(",")]
-        for persons in sorted(set(persons_list + [args.memory_persons])):
+        runs = [(pipe, p) for p in sorted(set(persons_list + [args.memory_persons]))]
+        if args.full_persons:  # `full` mode (hand refinement) on the same backbone
+            full = BodyPipeline(PipelineSettings(model_config=cfg.name, device=str(device), seed=args.seed,
+                                                 mode="full"), pipe.backend)
+            runs += [(full, int(p)) for p in args.full_persons.split(",")]
+        for pipe, persons in runs:
+            mode = pipe.settings.mode
             image, boxes = synthetic_frame(persons)
             pipe.infer(image, boxes)  # compile / capture
             if is_cuda:
@@ -265,14 +271,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 stages.append(pipe.infer(image, boxes).timings_ms)
 
             st = _stats(time_wall(frame, warmup, iters, sync), 1)
-            if persons == args.memory_persons and is_cuda:
+            if persons == args.memory_persons and is_cuda and mode == "body":
                 result["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 result["peak_gpu_mem_persons"] = persons
-            if persons in persons_list:
+            if persons in persons_list or mode != "body":
                 stage_med = {k: float(np.median([s[k] for s in stages[warmup:]])) for k in stages[0]}
-                pipe_rows.append({"persons": persons, "backend": pipe.backend_name, "median_ms": st["median_ms"],
-                                  "p95_ms": st["p95_ms"], "frames_per_s": st["per_s"], "stage_median_ms": stage_med})
-                log(f"pipeline {persons}p ({pipe.backend_name}): {st['median_ms']:.2f} ms, p95 {st['p95_ms']:.2f}")
+                pipe_rows.append({"persons": persons, "mode": mode, "backend": pipe.backend_name,
+                                  "median_ms": st["median_ms"], "p95_ms": st["p95_ms"], "frames_per_s": st["per_s"],
+                                  "stage_median_ms": stage_med})
+                log(f"pipeline {mode} {persons}p ({pipe.backend_name}): {st['median_ms']:.2f} ms, "
+                    f"p95 {st['p95_ms']:.2f}")
     except Exception as e:  # noqa: BLE001 - keep the backbone/decoder numbers when the pipeline fails
         result["pipeline_error"] = repr(e)[:500]
         log(f"pipeline FAILED: {e!r}"[:300])
@@ -283,14 +291,22 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     # ---- node end to end over loopback DDS (its own process; needs rclpy and vision_msgs) ----
     if args.node_persons:
-        node = run_node_bench(args, cfg.name, log)
-        result.update(node)
+        result.update(run_node_bench(args, cfg.name, log, args.node_persons.split(","), []))
+    extras = ["5@mesh_triangles:=0", "1,5@mode:=full"] if args.node_extra is None else args.node_extra
+    for spec in filter(None, extras if args.node_persons else []):  # e.g. "5@mesh_triangles:=0": 5 persons, full-resolution markers
+        persons, _, params = spec.partition("@")
+        extra = run_node_bench(args, cfg.name, log, persons.split(","), params.split(";"))
+        result.setdefault("node", []).extend(dict(row, params=params) for row in extra.get("node", []))
+        if "node_error" in extra:
+            result.setdefault("node_errors", []).append({"params": params, "error": extra["node_error"]})
     result["total_s"] = time.perf_counter() - t_start
     return result
 
 
-def run_node_bench(args: argparse.Namespace, config: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """`sam3d_body_ros.tools.latency_bench` in a subprocess; {"node": rows, "node_run": details} or {"node_error"}."""
+def run_node_bench(args: argparse.Namespace, config: str, log: Callable[[str], None], persons: list[str],
+                   params: list[str]) -> dict[str, Any]:
+    """`sam3d_body_ros.tools.latency_bench` in a subprocess (node parameters `params`, NAME:=VALUE);
+    {"node": rows, "node_run": details} or {"node_error"}."""
     import sys
     import tempfile
 
@@ -300,7 +316,8 @@ def run_node_bench(args: argparse.Namespace, config: str, log: Callable[[str], N
         cmd = [sys.executable, "-m", "sam3d_body_ros.tools.latency_bench", "--config", config, "--device", args.device,
                "--backend", backend, "--precision", precision, "--rate", str(args.node_rate),
                "--duration", str(args.node_duration), "--warmup", str(args.node_warmup),
-               "--persons", *args.node_persons.split(","), "--timeout", str(args.node_timeout), "--out", str(out)]
+               "--persons", *persons, "--timeout", str(args.node_timeout), "--out", str(out),
+               *(a for p in params if p for a in ("--param", p))]
         log("node: " + " ".join(cmd[2:]))
         proc = subprocess.run(cmd, text=True, capture_output=True, timeout=args.node_timeout + 60)
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", flush=True)
@@ -332,12 +349,14 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"{'pipeline':<14}{'':<6}{'pers':>5}{'median ms':>11}{'p95 ms':>9}  stages (median ms)")
     for p in r["pipeline"]:
         stages = " ".join(f"{k} {v:.1f}" for k, v in p["stage_median_ms"].items())
-        print(f"{p['backend']:<20}{p['persons']:>5}{p['median_ms']:>11.2f}{p['p95_ms']:>9.2f}  {stages}")
+        label = f"{p['backend']} {p.get('mode', 'body')}"
+        print(f"{label:<20}{p['persons']:>5}{p['median_ms']:>11.2f}{p['p95_ms']:>9.2f}  {stages}")
     if r.get("node"):
         print(f"{'node (DDS)':<14}{'':<6}{'pers':>5}{'median ms':>11}{'p95 ms':>9}{'rate Hz':>9}{'drops':>7}")
         for n in r["node"]:
-            print(f"{r['node_run']['backend'] + '/' + r['node_run']['precision']:<20}{n['persons']:>5}"
-                  f"{n['median_ms']:>11.2f}{n['p95_ms']:>9.2f}{n['rate_hz']:>9.2f}{n['drops']:>7}")
+            label = f"{r['node_run']['backend']}/{r['node_run']['precision']} {n.get('params', '')}"
+            print(f"{label:<20}{n['persons']:>5}{n['median_ms']:>11.2f}{n['p95_ms']:>9.2f}{n['rate_hz']:>9.2f}"
+                  f"{n['drops']:>7}")
     elif "node_error" in r:
         print(f"node: not measured ({r['node_error'][:200]})")
     if "peak_gpu_mem_gib" in r:
@@ -368,9 +387,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", default="1,8", help="backbone batch sizes to time (default 1,8)")
     p.add_argument("--decoder-persons", default="1,8", help="persons per decoder + MHR run (default 1,8)")
     p.add_argument("--pipeline-persons", default="1,5", help="persons per whole-frame run (default 1,5)")
+    p.add_argument("--full-persons", default="1,5", help="persons per whole-frame run in `full` mode (hand "
+                                                         "refinement; default 1,5; '' skips)")
     p.add_argument("--pipeline-backend", default="torch-int8:fp8", help="backend:precision of the pipeline runs")
     p.add_argument("--memory-persons", type=int, default=8, help="persons of the frame whose peak GPU memory is reported")
-    p.add_argument("--node-persons", default="1,5", help="persons counts of the node bench over DDS ('' skips it)")
+    p.add_argument("--node-persons", default="1,5,8", help="persons counts of the node bench over DDS ('' skips it)")
+    p.add_argument("--node-extra", action="append",
+                   help="more node rows as PERSONS@NAME:=VALUE;NAME:=VALUE (repeatable; default: 5 persons with "
+                        "full-resolution markers, and 1 and 5 persons in `full` mode; '' for none)")
     p.add_argument("--node-backend", default="", help="backend:precision of the node (default: the pipeline's)")
     p.add_argument("--node-rate", type=float, default=30.0, help="image rate of the node bench in Hz (default 30)")
     p.add_argument("--node-duration", type=float, default=15.0, help="measured seconds per persons count")

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="person box in px (repeatable); default: OpenCV HOG people detector")
     p.add_argument("--params-file", type=Path, help="node parameters (default: the package's config/mesh.yaml); "
                                                     "the options below override it")
-    add_model_args(p, ("--config", "--weights", "--backend", "--device", "--precision"), defaults=False)
+    add_model_args(p, ("--config", "--weights", "--backend", "--device", "--precision", "--mode"), defaults=False)
     p.add_argument("--out", type=Path, default=Path("demo.png"), help="PNG to write (default demo.png)")
     p.add_argument("--spin", type=Path, metavar="FILE.gif", help="also write a turntable GIF of the received meshes")
     p.add_argument("--timeout", type=float, default=120.0, help="s to wait for the node's markers")
@@ -160,6 +160,7 @@ def run_demo(args: argparse.Namespace) -> int:
     params_file = args.params_file or default_params_file()
     overrides = {"model_config": args.config, "backend": args.backend, "device": args.device,
                  "precision": args.precision, "weights_dir": str(args.weights) if args.weights else None,
+                 "mode": args.mode,
                  "autostart": True}
     try:
         params = load_params(params_file, overrides)

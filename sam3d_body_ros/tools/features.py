@@ -17,7 +17,7 @@ from ..core.errors import CONFIG_ERRORS
 from ..runtime.backend import BackboneBackend, create_backend
 from . import render
 from .fidelity import rel_l2
-from .options import add_model_args, fail
+from .options import MODEL_FLAGS, add_model_args, fail
 
 
 def pca_components(features: np.ndarray, k: int = 3) -> np.ndarray:
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path, help="photo (PNG/JPEG)")
     p.add_argument("--box", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"),
                    help="person box in pixels (default: the whole image)")
-    add_model_args(p)
+    add_model_args(p, tuple(f for f in MODEL_FLAGS if f != "--mode"))  # the backbone only
     p.add_argument("--save-pca", type=Path, required=True, metavar="FILE.png",
                    help="write the crop beside its features' first three principal components as RGB")
     p.add_argument("--compare", metavar="BACKEND[:PRECISION]",

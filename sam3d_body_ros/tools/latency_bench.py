@@ -139,7 +139,8 @@ class NodeProcess:
 
     def __init__(self, args: argparse.Namespace, env: dict[str, str], log_path: Path) -> None:
         params = {"model_config": args.config, "device": args.device, "backend": args.backend,
-                  "precision": args.precision, "diagnostics_period": DIAG_PERIOD, "publish_mesh": not args.no_mesh}
+                  "precision": args.precision, "diagnostics_period": DIAG_PERIOD, "publish_mesh": not args.no_mesh,
+                  **dict(p.split(":=", 1) for p in args.param)}
         params = {k: coerce(k, v) for k, v in params.items()}  # checked against the node's schema
         cmd = [sys.executable, "-m", "sam3d_body_ros.ros.node", "--ros-args"]
         for k, v in params.items():
@@ -362,6 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="s to wait for the first answer per persons count (model load, compilation)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="hard limit for the whole run (s)")
     ap.add_argument("--no-mesh", action="store_true", help="node publishes skeleton markers only")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="another node parameter (repeatable), e.g. mode:=full")
     ap.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: from this pid, 1..101)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = ap.parse_args(argv)
@@ -411,6 +414,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return {"config": args.config, "device_arg": args.device, "backend": args.backend, "precision": args.precision,
             "rate": args.rate, "duration_s": args.duration, "warmup_s": args.warmup, "mesh": not args.no_mesh,
+            "params": args.param,
             "image": f"{WIDTH}x{HEIGHT} rgb8", "python": platform.python_version(), "torch": torch.__version__,
             "host": platform.node(),
             "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") and torch.cuda.is_available()

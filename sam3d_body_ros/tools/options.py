@@ -28,6 +28,7 @@ MODEL_FLAGS: dict[str, str] = {
     "--precision": "precision",
     "--device": "device",
     "--seed": "seed",
+    "--mode": "mode",
 }
 
 
@@ -60,4 +61,5 @@ def settings_from_args(args: argparse.Namespace) -> PipelineSettings:
         device=args.device,
         precision=args.precision,
         seed=args.seed,
+        mode=args.mode,
     )
