@@ -106,6 +106,11 @@ class BodyPipeline:
             options = FullModeOptions(settings.hand_wrist_test_own_box, settings.hand_mirror_left_intrinsics)
             self.full_mode = FullMode(self.head, wrap, options)
 
+    def template_vertices(self) -> np.ndarray:
+        """(V,3) rest-pose vertices of the body model (metres, camera axes): the shape the display mesh is reduced on."""
+        rest = self.head.head_pose.mhr.base_shape.detach().cpu().numpy().reshape(-1, 3) / 100.0
+        return rest * np.array([1.0, -1.0, -1.0])
+
     def warm_up(self, max_persons: int = 8) -> None:
         """Run one synthetic frame per person count 1..max_persons, so that compilation and CUDA-graph capture
         happen now rather than on the first real frames (minutes the first time on CUDA, cached on disk after)."""

@@ -16,7 +16,7 @@ from geometry_msgs.msg import PoseArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
@@ -58,7 +58,7 @@ def camera_info(h: Header, width: int, height: int, k: np.ndarray = K) -> Camera
 class Probe(Node):
     """Publishes the node's inputs (reliable) and records every output by stamp."""
 
-    OUTPUTS = {"markers": MarkerArray, "joints": PoseArray, "keypoints": PoseArray}
+    OUTPUTS = {"markers": MarkerArray, "joints": PoseArray, "keypoints": PoseArray, "mesh/points": PointCloud2}
 
     def __init__(self, context: Context, ns: str = NODE_NS) -> None:
         super().__init__("sam3d_body_probe", context=context)

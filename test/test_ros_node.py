@@ -133,6 +133,35 @@ def test_outputs_for_two_persons(ros):
     assert {"crop_ms", "backbone_ms", "decoder_ms", "publish_ms", "total_ms", "rate_hz"} <= set(d)
 
 
+def test_point_cloud_and_topology_rebuild_the_meshes(ros):
+    """~/mesh/points holds every person's vertices (person field = track id); ~/mesh/faces (transient local, sent
+    once at configure) holds the model's triangles: together they give exactly the mesh markers' triangles."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from shape_msgs.msg import Mesh
+
+    node, probe, stamps = ros
+    h, out = valid(probe, stamps)
+    got = wait_for(lambda: probe.outputs_at(h, ("mesh/points", "bodies")), 10.0)
+    assert got is not None
+    cloud = got["mesh/points"]
+    pts = np.frombuffer(bytes(cloud.data), dtype=[("xyz", "<f4", 3), ("person", "<u4")])
+    track_ids = [int(b.id) for b in got["bodies"].detections]
+    assert cloud.header.frame_id == FRAME_ID and cloud.width == 2 * V and cloud.point_step == 16
+    np.testing.assert_array_equal(pts["person"], np.repeat(track_ids, V))
+    faces = []
+    late = probe.create_subscription(Mesh, "/sam3d_body/mesh/faces", faces.append,
+                                     QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    try:
+        assert wait_for(lambda: faces, 10.0), "no topology on ~/mesh/faces for a late subscriber"
+    finally:
+        probe.destroy_subscription(late)
+    tri = np.array([t.vertex_indices for t in faces[0].triangles])
+    np.testing.assert_array_equal(tri, node.pipeline.faces)
+    verts = pts["xyz"].reshape(2, V, 3)
+    for i, m in enumerate(meshes(out["markers"])):  # tiny mesh: below mesh_triangles, so markers are full resolution
+        np.testing.assert_allclose(points(m), verts[i][tri.reshape(-1)], atol=1e-6)
+
+
 def test_padded_bgr_image_gives_the_same_bodies(ros):
     node, probe, stamps = ros
     _, plain = valid(probe, stamps)

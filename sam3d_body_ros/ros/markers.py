@@ -2,7 +2,6 @@
 Detection3DArray."""
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -12,6 +11,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core.keypoints import PELVIS_KEYPOINTS, PERSON_COLORS, SKELETON_EDGES
+from .cdr import CdrWriter
 
 MESH_NS = "mesh"
 SKELETON_NS = "skeleton"
@@ -69,62 +69,10 @@ def marker_array(header: Header, specs: list[MarkerSpec]) -> MarkerArray:
     return out
 
 
-class _CdrWriter:
-    """Little-endian plain CDR (XCDR1, as rmw serialises ROS 2 messages); alignment relative to the body.
-
-    Keeps the pieces and joins them once at the end (arrays are referenced, not copied, until then)."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes | memoryview] = [b"\x00\x01\x00\x00"]  # encapsulation: CDR_LE
-        self.size = 0  # body bytes so far
-
-    def _put(self, data: bytes | memoryview) -> None:
-        self.parts.append(data)
-        self.size += len(data)
-
-    def align(self, n: int) -> None:
-        if pad := -self.size % n:
-            self._put(bytes(pad))
-
-    def i32(self, *values: int) -> None:
-        self.align(4)
-        self._put(struct.pack(f"<{len(values)}i", *values))
-
-    def u32(self, value: int) -> None:
-        self.align(4)
-        self._put(struct.pack("<I", value))
-
-    def f32(self, values) -> None:
-        self.align(4)
-        self._put(np.asarray(values, "<f4").tobytes())
-
-    def f64(self, values) -> None:
-        self.align(8)
-        arr = np.ascontiguousarray(values, "<f8")
-        if arr.size:
-            self._put(memoryview(arr).cast("B"))
-
-    def string(self, text: str) -> None:
-        data = text.encode()
-        self.u32(len(data) + 1)
-        self._put(data + b"\x00")
-
-    def boolean(self, value: bool) -> None:
-        self._put(b"\x01" if value else b"\x00")
-
-    def header(self, header: Header) -> None:
-        self.i32(header.stamp.sec)
-        self.u32(header.stamp.nanosec)
-        self.string(header.frame_id)
-
-    def getvalue(self) -> bytes:
-        return b"".join(self.parts)
-
-
 def marker_array_cdr(header: Header, specs: list[MarkerSpec]) -> bytes:
     """The serialized visualization_msgs/MarkerArray of `specs`, written with numpy in one pass per marker
     (for Publisher.publish(bytes)); equals serialize_message(marker_array(header, specs)) up to padding."""
-    w = _CdrWriter()
+    w = CdrWriter()
     w.u32(len(specs))
     for sp in specs:
         w.header(header)
@@ -177,7 +125,7 @@ def pose_array_cdr(header: Header, positions: np.ndarray, quats_xyzw: np.ndarray
         quat = np.tile([0.0, 0.0, 0.0, 1.0], (len(pos), 1))
     else:
         quat = np.asarray(quats_xyzw, np.float64).reshape(-1, 4)
-    w = _CdrWriter()
+    w = CdrWriter()
     w.header(header)
     w.u32(len(pos))
     w.f64(np.concatenate([pos, quat], axis=1))  # Pose = position xyz + orientation xyzw, all float64

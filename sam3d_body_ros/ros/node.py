@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import sys
 import threading
 import time
@@ -24,13 +25,16 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from shape_msgs.msg import Mesh
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from ..core.errors import CONFIG_ERRORS, InputError
 from ..core.keypoints import MHR70_NAMES, MHR_JOINT_NAMES
-from . import conversions, markers
+from . import conversions, markers, mesh_out
+from .cdr import read_image
 from .diagnostics import NodeHealth
 from .params import PARAMS, PEOPLE_PARAMS, PIPELINE_PARAMS, SCHEMA, usage
 from .qos import describe, make_qos
@@ -217,17 +221,24 @@ class MeshNode(LifecycleNode):
         from vision_msgs.msg import Detection2DArray, Detection3DArray
 
         self._subs = [
-            self.create_subscription(Image, "image", lambda m: self._on_input("image", m), qos["image"]),
+            # raw: the image arrives as its serialized bytes and its pixels are viewed in place (cdr.read_image)
+            self.create_subscription(Image, "image", self._on_image, qos["image"], raw=True),
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos["camera_info"]),
             self.create_subscription(Detection2DArray, "detections", lambda m: self._on_input("detections", m),
                                      qos["detections"]),
         ]
         out = qos["output"]
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._pubs = {"markers": self.create_publisher(MarkerArray, "~/markers", out),
                       "joints": self.create_publisher(PoseArray, "~/joints", out),
                       "keypoints": self.create_publisher(PoseArray, "~/keypoints", out),
                       "bodies": self.create_publisher(Detection3DArray, "~/bodies", out),
+                      "points": self.create_publisher(PointCloud2, "~/mesh/points", out),
+                      "faces": self.create_publisher(Mesh, "~/mesh/faces", latched),
                       "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10)}
+        template = self.pipeline.template_vertices()
+        self._pubs["faces"].publish(mesh_out.template_mesh(self.pipeline.faces, template))
+        self._display = mesh_out.reduce_mesh(template, self.pipeline.faces, p["mesh_triangles"])
         self._timers = [self.create_timer(0.02, self._poll_sync)]
         self._restart_diagnostics()
         self.cdr_ok = cdr_matches_rmw()
@@ -327,6 +338,14 @@ class MeshNode(LifecycleNode):
         """Throttled warning (logged at most every 5 s per kind) that also lands in diagnostics."""
         if self.health.warn(kind, message):
             self.get_logger().warning(message)
+
+    def _on_image(self, serialized: bytes) -> None:
+        try:
+            image = read_image(serialized)
+        except (ValueError, IndexError, UnicodeDecodeError, struct.error) as e:
+            self._warn("image", f"image message cannot be read ({type(e).__name__}: {e}); is it sensor_msgs/Image?")
+            return
+        self._on_input("image", image)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         K = conversions.camera_info_to_K(msg)
@@ -471,9 +490,13 @@ class MeshNode(LifecycleNode):
         cam_t = o["pred_cam_t"][:, None, :]
         verts = o["pred_vertices"] + cam_t
         kps = o["pred_keypoints_3d"] + cam_t
-        if p["publish_markers"] and pubs["markers"].get_subscription_count() > 0:  # 2.7 MB per person
-            mesh = verts if p["publish_mesh"] else None
-            specs = markers.marker_specs(mesh, faces, kps, track_ids, self._marker_ids, clear_all=self._first_markers)
+        if p["publish_points"]:  # all persons' vertices, 0.3 MB a person; faces once on ~/mesh/faces
+            pubs["points"].publish(mesh_out.point_cloud_cdr(header, verts, np.asarray(track_ids, np.uint32)))
+        if p["publish_markers"] and pubs["markers"].get_subscription_count() > 0:
+            # display resolution: mesh_triangles triangles a person, each a gather of the full mesh
+            mesh = verts[:, self._display.keep] if p["publish_mesh"] else None
+            specs = markers.marker_specs(mesh, self._display.faces, kps, track_ids, self._marker_ids,
+                                         clear_all=self._first_markers)
             encode = markers.marker_array_cdr if self.cdr_ok else markers.marker_array
             pubs["markers"].publish(encode(header, specs))
             self._marker_ids, self._first_markers = track_ids, False

@@ -105,6 +105,10 @@ PARAMS: tuple[Param, ...] = (
     Param("output_qos.depth", 5, "publisher queue depth"),
     # outputs (live)
     Param("publish_markers", True, "publish ~/markers", live=True),
+    Param("mesh_triangles", 3000, "triangles per person of the RViz mesh in ~/markers (reduced once at configure, "
+                                  "each vertex one of the full mesh); 0: full resolution (36,874)"),
+    Param("publish_points", True, "publish ~/mesh/points: all persons' vertices as one PointCloud2 (x y z + person "
+                                  "= track id), with the triangles once on ~/mesh/faces (shape_msgs/Mesh)", live=True),
     Param("publish_mesh", True, "include the TRIANGLE_LIST mesh in ~/markers (skeleton only when false)", live=True),
     Param("publish_joints", True, "publish ~/joints", live=True),
     Param("publish_keypoints", True, "publish ~/keypoints", live=True),
