@@ -1,6 +1,7 @@
 """The thin TensorRT module's build path against a stand-in `tensorrt` module that records the API calls (TensorRT
 cannot be installed here): profile from the ONNX input, precision flags on TensorRT 10 vs 11, timing cache, progress
 monitor, and the engine cache around the build."""
+import logging
 import sys
 import types
 
@@ -106,7 +107,8 @@ def gpu(monkeypatch):
     monkeypatch.setattr(tensorrt_backend, "gpu_identity", lambda device: ("NVIDIA H100 80GB HBM3", (9, 0)))
 
 
-def test_trt10_build_sets_profile_flags_timing_cache_and_caches(monkeypatch, onnx_path, tmp_path, gpu, capsys):
+def test_trt10_build_sets_profile_flags_timing_cache_and_caches(monkeypatch, onnx_path, tmp_path, gpu, caplog):
+    caplog.set_level(logging.INFO, logger="sam3d_body_ros")
     trt, calls = fake_tensorrt("10.16.1.11", with_fp16_flag=True)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     settings = BuildSettings(precision="int8", max_batch=8, opt_batch=4, workspace_gib=2.0)
@@ -119,7 +121,7 @@ def test_trt10_build_sets_profile_flags_timing_cache_and_caches(monkeypatch, onn
     assert ("timing_in", b"") in calls
     (timing,) = tmp_path.glob("timing-trt10.16.1.11-*-sm9.0.cache")
     assert timing.read_bytes() == b"timing-v1"
-    assert "Building engine: 2/2" in capsys.readouterr().err
+    assert "Building engine: 2/2" in caplog.text  # build progress, logged
     # same key: loaded from the cache, no second build; the timing cache is fed to a build with another key
     calls.clear()
     assert tensorrt_backend.engine_for_onnx(onnx_path, TINY, settings, tmp_path, "cuda") == (path, False)
@@ -129,13 +131,13 @@ def test_trt10_build_sets_profile_flags_timing_cache_and_caches(monkeypatch, onn
     assert built16 and path16 != path and ("timing_in", b"timing-v1") in calls
 
 
-def test_trt11_is_strongly_typed_without_precision_flags(monkeypatch, onnx_path, tmp_path, gpu, capsys):
+def test_trt11_is_strongly_typed_without_precision_flags(monkeypatch, onnx_path, tmp_path, gpu, caplog):
     trt, calls = fake_tensorrt("11.4.0.106", with_fp16_flag=False)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     settings = BuildSettings(precision="fp16", max_batch=2, opt_batch=2)
     path, built = tensorrt_backend.engine_for_onnx(onnx_path, TINY, settings, tmp_path, "cuda")
     assert built and not [c for c in calls if c[0] == "flag"]
-    assert "strongly typed" in capsys.readouterr().err
+    assert "strongly typed" in caplog.text
     assert ("profile", "input", (1, 3, 512, 512), (2, 3, 512, 512), (2, 3, 512, 512)) in calls
 
 

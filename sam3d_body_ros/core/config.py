@@ -32,6 +32,7 @@ class DecoderConfig:
     mlp_dim: int = 1024
 
 
+# (MHRConfig and DecoderConfig look alike to a duplicate finder: both are plain lists of integer sizes.)
 @dataclass(frozen=True)
 class MHRConfig:
     """MHR body model sizes (LOD1 in `full`)."""

@@ -72,6 +72,7 @@ class MHRRig:
     faces: torch.Tensor  # (F, 3) int64
     joint_names: tuple[str, ...]
 
+    # Sizes read off the rig's tensors (one-line properties of the same shape, not repeated logic).
     @property
     def num_vertices(self) -> int:
         return self.base_shape.shape[0]
