@@ -118,6 +118,8 @@ class SAM3DBodyHead(nn.Module):
         if self._compiled:
             return
         if self.hands:
+            # Dynamo's recompile limit is a process-wide setting (no per-function one): the body and hand passes call
+            # the same compiled layers with more distinct shapes than the default 8 allow. Only ever raised.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, FULL_MODE_RECOMPILE_LIMIT)
         decoders = (self.decoder, self.decoder_hand) if self.hands else (self.decoder,)
         for layer in (layer for decoder in decoders for layer in decoder.layers):
