@@ -490,7 +490,7 @@ class MeshNode(LifecycleNode):
         cam_t = o["pred_cam_t"][:, None, :]
         verts = o["pred_vertices"] + cam_t
         kps = o["pred_keypoints_3d"] + cam_t
-        if p["publish_points"]:  # all persons' vertices, 0.3 MB a person; faces once on ~/mesh/faces
+        if p["publish_points"] and pubs["points"].get_subscription_count() > 0:  # 0.3 MB a person; faces once
             pubs["points"].publish(mesh_out.point_cloud_cdr(header, verts, np.asarray(track_ids, np.uint32)))
         if p["publish_markers"] and pubs["markers"].get_subscription_count() > 0:
             # display resolution: mesh_triangles triangles a person, each a gather of the full mesh
