@@ -108,8 +108,8 @@ class BodyPipeline:
 
     def template_vertices(self) -> np.ndarray:
         """(V,3) rest-pose vertices of the body model (metres, camera axes): the shape the display mesh is reduced on."""
-        rest = self.head.head_pose.mhr.base_shape.detach().cpu().numpy().reshape(-1, 3) / 100.0
-        return rest * np.array([1.0, -1.0, -1.0])
+        hp = self.head.head_pose
+        return (hp.mhr.base_shape.reshape(-1, 3) / 100.0 * hp.axis_flip).detach().cpu().numpy()  # cm -> m, MHR -> camera
 
     def warm_up(self, max_persons: int = 8) -> None:
         """Run one synthetic frame per person count 1..max_persons, so that compilation and CUDA-graph capture
