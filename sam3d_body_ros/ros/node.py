@@ -93,7 +93,6 @@ class _Result:
 
     header: Header
     outputs: dict[str, np.ndarray]
-    faces: np.ndarray
     ids: list[str]  # of ~/bodies: track ids, or the detection ids with tracking off
     track_ids: list[int]  # of the markers
     class_ids: list[str]
@@ -466,7 +465,7 @@ class MeshNode(LifecycleNode):
         stages = {"convert": 1000 * (t1 - t0), **{k: v for k, v in result.timings_ms.items() if k != "total"},
                   **people_ms}
         # waits while the previous frame is still being published
-        self._results.put(_Result(image_msg.header, outputs, result.faces, ids, track_ids,
+        self._results.put(_Result(image_msg.header, outputs, ids, track_ids,
                                   [dets.class_ids[i] for i in keep], dets.scores[keep], stages, t0))
 
     def _publish_loop(self) -> None:
@@ -475,7 +474,7 @@ class MeshNode(LifecycleNode):
                 continue
             t = time.perf_counter()
             try:
-                self._publish(r.header, r.outputs, r.faces, r.ids, r.track_ids, r.class_ids, r.scores)
+                self._publish(r.header, r.outputs, r.ids, r.track_ids, r.class_ids, r.scores)
             except Exception as e:  # keep serving; the error is logged and in diagnostics
                 self._warn("publish", f"frame at {conversions.stamp_ns(r.header) / 1e9:.3f} s not published: "
                                       f"{type(e).__name__}: {e}")
@@ -484,7 +483,7 @@ class MeshNode(LifecycleNode):
             self.health.frame_done({**r.stages, "publish": 1000 * (end - t), "total": 1000 * (end - r.t0)},
                                    len(r.ids))
 
-    def _publish(self, header: Header, o: dict[str, np.ndarray], faces: np.ndarray, ids: list[str],
+    def _publish(self, header: Header, o: dict[str, np.ndarray], ids: list[str],
                  track_ids: list[int], cls: list[str], scores: np.ndarray) -> None:
         p, pubs = self.params, self._pubs
         cam_t = o["pred_cam_t"][:, None, :]
