@@ -610,6 +610,11 @@ def main(args: list[str] | None = None) -> None:
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
+    # The node and rclpy are shut down: leave without the interpreter's teardown of torch and friends, which took up
+    # to 2.5 s after a SIGTERM on a loaded 2-core machine (the stop itself took 8 ms), against 3 s for a clean stop.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
