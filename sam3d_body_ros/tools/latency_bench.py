@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import struct
 import subprocess
@@ -314,7 +315,9 @@ def measure(bench: Bench, rec: Recorder, node: NodeProcess, stamps: Stamps, pers
     time.sleep(0.3)
     base = counters(fresh_diagnostics(rec, node, time.perf_counter()))
 
+    profilers = start_profilers(node.pid, persons, args) if args.profile else []
     sent, window = stream(bench, node, stamps, boxes, args.rate, args.duration)
+    profiles = finish_profilers(profilers)
     # Drain: until the last frame is answered, or nothing new arrived for 2 s (max 15 s).
     end, last_count, last_change = time.monotonic() + 15.0, -1, time.monotonic()
     while time.monotonic() < end and rec.answered("markers", sent[-1][0]) is None:
@@ -348,7 +351,32 @@ def measure(bench: Bench, rec: Recorder, node: NodeProcess, stamps: Stamps, pers
         "node_stage_ms": {k[:-3]: float(v) for k, v in diag.items() if k.endswith("_ms")},
         "ready_s": ready_s,
     }
+    if profiles:
+        row["thread_profile"] = profiles
     return row
+
+
+def start_profilers(pid: int, persons: int, args: argparse.Namespace) -> list[tuple[str, Path, subprocess.Popen]]:
+    """py-spy samplers on the node for the measured stream: all running threads, and the GIL holder only."""
+    procs = []
+    for kind, extra in (("active", []), ("gil", ["--gil"])):
+        out = args.profile / f"node-{persons}p-{kind}.txt"
+        cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(args.duration)), "--rate", "200",
+               "--threads", "--nonblocking", "--format", "raw", "-o", str(out), *extra]
+        procs.append((kind, out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+    return procs
+
+
+def finish_profilers(procs: list[tuple[str, Path, subprocess.Popen]]) -> dict[str, Any]:
+    """Wait for the samplers; per kind the per-thread summary (thread_profile.summarize) or the error."""
+    from .thread_profile import summarize
+
+    result: dict[str, Any] = {}
+    for kind, out, proc in procs:
+        _, err = proc.communicate(timeout=60)
+        result[kind] = summarize(out.read_text()) if proc.returncode == 0 and out.exists() else \
+            {"error": err.decode(errors="replace")[-500:]}
+    return result
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -365,11 +393,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-mesh", action="store_true", help="node publishes skeleton markers only")
     ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="another node parameter (repeatable), e.g. mode:=full")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="sample the node's threads with py-spy during each measured stream; raw stacks to DIR")
     ap.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: from this pid, 1..101)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = ap.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.warmup < 0 or min(args.persons) < 1:
         ap.error("--rate and --duration must be > 0, --warmup >= 0, --persons >= 1")
+    if args.profile:
+        if shutil.which("py-spy") is None:
+            ap.error("--profile needs py-spy on PATH: pip install py-spy")
+        args.profile.mkdir(parents=True, exist_ok=True)
     return args
 
 
