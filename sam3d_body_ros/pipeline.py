@@ -95,6 +95,7 @@ class BodyPipeline:
         self.run_head = head_runner(self.head, self.device)
         self.faces = self.head.faces.cpu().numpy().astype(np.int64)
         self._upload = PinnedUpload()
+        self._body_eval: tuple[tuple[int, ...], Callable[..., dict]] | None = None  # (column sizes, runner)
         self.full_mode: FullMode | None = None
         if full:  # its three decoder calls wrapped as the body head is (compiled regions, TF32, CUDA graphs)
             from .core.hands import FullMode, FullModeOptions
@@ -112,11 +113,13 @@ class BodyPipeline:
         return (hp.mhr.base_shape.reshape(-1, 3) / 100.0 * hp.axis_flip).detach().cpu().numpy()  # cm -> m, MHR -> camera
 
     def warm_up(self, max_persons: int = 8) -> None:
-        """Run one synthetic frame per person count 1..max_persons, so that compilation and CUDA-graph capture
-        happen now rather than on the first real frames (minutes the first time on CUDA, cached on disk after)."""
+        """Run one synthetic frame (and one body re-evaluation) per person count 1..max_persons, so that compilation
+        and CUDA-graph capture happen now rather than on the first real frames (minutes the first time on CUDA, cached on disk after)."""
         image = np.full((480, 640, 3), 127, np.uint8)
         for n in range(1, max_persons + 1):
-            self.infer(image, np.tile([[220.0, 40.0, 420.0, 440.0]], (n, 1)))
+            r = self.infer(image, np.tile([[220.0, 40.0, 420.0, 440.0]], (n, 1)))
+            o = r.outputs  # the body re-evaluation of smoothed parameters (people.People) is captured too
+            self.evaluate_bodies(o["shape_params"], o["mhr_model_params"], o["expr_params"], o["pred_cam_t"], r.K)
 
     @torch.inference_mode()
     def infer(
@@ -193,21 +196,37 @@ class BodyPipeline:
                         K: np.ndarray) -> dict[str, np.ndarray]:
         """The body model once for N persons' decoded parameters (e.g. smoothed ones): pred_vertices,
         pred_keypoints_3d, pred_joint_coords, pred_global_rots as `infer` gives them, and pred_keypoints_2d through
-        `cam_t` (N,3) and K (3x3)."""
+        `cam_t` (N,3) and K (3x3). On CUDA one graph replay per person count (eager MHR launches took 4-6 ms)."""
         n = len(model_params)
+        sizes = (shape.shape[1], model_params.shape[1], expr.shape[1], 3, 9)
+        if self._body_eval is None or self._body_eval[0] != sizes:
+            from .runtime.torch_backend import make_runner
+
+            self._body_eval = sizes, make_runner(BodyEvaluation(self.head.head_pose, sizes), self.device,
+                                                 compile=False)
         packed = torch.from_numpy(np.concatenate([shape, model_params, expr, cam_t, np.broadcast_to(
             np.reshape(K, (1, 9)), (n, 9))], axis=1, dtype=np.float32)).to(self.device)  # one host->device copy
-        shape_t, params_t, expr_t, cam_t_t, K_t = torch.split(
-            packed, [shape.shape[1], model_params.shape[1], expr.shape[1], 3, 9], dim=1)
-        out = self.head.head_pose.body(shape_t, params_t, expr_t)
-        out["pred_keypoints_2d"] = project_points(out["pred_keypoints_3d"] + cam_t_t[:, None], K_t.reshape(n, 3, 3))
-        return _to_numpy(out)
+        return _to_numpy(self._body_eval[1](packed))
 
     def _empty(self, K: np.ndarray, kept: np.ndarray, rejected: list[str], note: str | None) -> BodyResult:
         """A result with zero persons and the right trailing shapes (so consumers can clear displays)."""
         shapes = output_shapes(self.cfg, self.settings.mode)
         outputs = {k: np.zeros((0, *shape), np.float32) for k, shape in shapes.items()}
         return BodyResult(outputs, self.faces, K, {k: 0.0 for k in STAGES}, kept, rejected, note)
+
+
+class BodyEvaluation(torch.nn.Module):
+    """Packed (N, shape | model params | expr | cam_t | K) rows -> the body model's outputs and 2D keypoints."""
+
+    def __init__(self, head_pose: torch.nn.Module, sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.head_pose, self.sizes = head_pose, list(sizes)
+
+    def forward(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
+        shape, params, expr, cam_t, K = torch.split(packed, self.sizes, dim=1)
+        out = self.head_pose.body(shape, params, expr)
+        out["pred_keypoints_2d"] = project_points(out["pred_keypoints_3d"] + cam_t[:, None], K.reshape(-1, 3, 3))
+        return out
 
 
 def _span_seconds(start: float | torch.cuda.Event, end: float | torch.cuda.Event) -> float:

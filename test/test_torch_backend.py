@@ -127,3 +127,28 @@ def test_auto_backend_device_and_precision_on_a_cpu_machine() -> None:
     assert (backend.name, backend.precision, backend.device.type) == ("torch", "fp32", "cpu")
     with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
         create_backend("tensorflow", TINY)
+
+
+def test_bench_parts_run_only_the_sections_asked(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "sam3d_body_ros", "bench", "--config", "tiny", "--device", "cpu", "--warmup", "1",
+           "--iters", "2", "--decoder-persons", "1", "--parts", "decoder", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert [(d["path"], d["persons"]) for d in r["decoder"]] == [("eager", 1)]
+    assert not {"backbone", "pipeline", "node"} & set(r) and "decoder+MHR" in proc.stdout
+
+
+def test_timm_compile_baseline_is_the_plain_timm_model() -> None:
+    """The baseline row of the bench (issue 14): timm's own forward_features compiled, same features as ours."""
+    from sam3d_body_ros.core.synthetic import random_backbone
+    from sam3d_body_ros.tools.bench import BASELINE, _make_backbone
+
+    state = random_backbone(TINY, 0, layer_scale=0.1).encoder.state_dict()
+    baseline = _make_backbone(*BASELINE, TINY, torch.device("cpu"), state, 0)
+    ours = _make_backbone("torch-eager", "bf16", TINY, torch.device("cpu"), state, 0)
+    x = torch.randn(2, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    got, want = baseline(x), ours(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape == (2, TINY.backbone.embed_dim, 32, 32)
+    assert float((got - want).norm() / want.norm()) < 2e-2  # both bf16; compiled kernels round differently

@@ -19,6 +19,7 @@ from ..core.config import ModelConfig
 BACKENDS: dict[str, str] = {
     "torch": "sam3d_body_ros.runtime.torch_backend",
     "torch-int8": "sam3d_body_ros.runtime.torch_int8_backend",
+    "fused-fp8": "sam3d_body_ros.runtime.fused_fp8_backend",
     "onnxruntime": "sam3d_body_ros.runtime.ort_backend",
     "tensorrt": "sam3d_body_ros.runtime.tensorrt_backend",
     "pt2": "sam3d_body_ros.runtime.pt2_backend",

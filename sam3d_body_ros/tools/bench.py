@@ -116,13 +116,83 @@ def head_inputs(cfg: ModelConfig, persons: int, device: torch.device) -> tuple[t
     return tuple(t.to(device) for t in (feats, crops.center, crops.side, crops.affine, K))
 
 
+PARTS = ("backbone", "decoder", "pipeline", "node")
+BASELINE = ("timm-compile", "bf16")  # every backbone row is also reported as a speed ratio to this one
+
+
+class TimmCompileBaseline:
+    """What a user gets from timm in three lines: the plain timm model in bf16, `torch.compile` with CUDA graphs
+    (mode reduce-overhead); no code of this package on the timed path except the reshape to (N,C,h,w) float32."""
+
+    name = "timm-compile"
+
+    def __init__(self, encoder: torch.nn.Module, device: torch.device, num_prefix_tokens: int, grid: int) -> None:
+        self.device, self.precision = device, "bf16"
+        self.encoder = encoder.to(device, torch.bfloat16).eval()
+        self.forward = torch.compile(self.encoder.forward_features, mode="reduce-overhead")
+        self.prefix, self.grid = num_prefix_tokens, grid
+
+    @torch.inference_mode()
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        tokens = self.forward(crops.to(self.device, torch.bfloat16))[:, self.prefix:]
+        n, _, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(n, c, self.grid, self.grid).float()
+
+
+def gemm_peaks(device: torch.device, size: int = 8192) -> dict[str, float]:
+    """TFLOP/s of one large square GEMM in bf16 and in fp8 e4m3 with row-wise scales (the 8-bit GEMMs' ceiling)."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t()
+    sa = torch.ones(size, 1, device=device)
+    sb = torch.ones(1, size, device=device)
+    flop = 2 * size**3
+    peaks = {"size": size}
+    for label, fn in (("bf16_tflops", lambda: a @ b),
+                      ("fp8_rowwise_tflops", lambda: torch._scaled_mm(a8, b8, scale_a=sa, scale_b=sb,
+                                                                      out_dtype=torch.bfloat16, use_fast_accum=True))):
+        peaks[label] = flop / (float(np.median(time_cuda(fn, 10, 50))) * 1e-3) / 1e12
+    return peaks
+
+
+def kernel_table(backend: Any, crops: torch.Tensor, top: int = 15) -> dict[str, Any]:
+    """GPU time per kernel of one backbone forward (compiled, not graph-replayed, so the profiler sees each
+    kernel): the `top` kernels by time, and the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = crops.to(backend.device, getattr(backend, "dtype", torch.bfloat16))
+    calls = 5
+    with torch.inference_mode():
+        for _ in range(3):
+            backend.module(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                backend.module(x)
+            torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0 and e.device_type.name == "CUDA"]
+    kernels.sort(key=lambda e: e.device_time_total, reverse=True)
+    total = sum(e.device_time_total for e in kernels) / calls / 1000.0
+    return {"batch": int(crops.shape[0]), "gpu_ms_per_forward": total,
+            "kernels": [{"kernel": e.key[:120], "calls_per_forward": e.count / calls,
+                         "ms_per_forward": e.device_time_total / calls / 1000.0} for e in kernels[:top]]}
+
+
+KERNEL_TABLE_BACKENDS = ("torch-int8", "fused-fp8")  # the 8-bit paths: per-kernel GPU time at batch 1
+
+
 def _make_backbone(name: str, precision: str, cfg: ModelConfig, device: torch.device,
                    state: dict[str, torch.Tensor], seed: int) -> Any:
-    """A backend by name with the given timm weights; "torch-eager" is the plain eager reference."""
+    """A backend by name with the given timm weights; "torch-eager" is the plain eager reference, "timm-compile"
+    the baseline (TimmCompileBaseline)."""
     from ..core.backbone import build_backbone
     from ..runtime.backend import create_backend
     from ..runtime.torch_backend import TorchBackend
 
+    if name == BASELINE[0]:
+        module = build_backbone(cfg)
+        module.load_timm_state(state)
+        return TimmCompileBaseline(module.encoder, device, module.num_prefix_tokens, module.grid)
     if name == "torch-eager":
         module = build_backbone(cfg)
         module.load_timm_state(state)
@@ -162,143 +232,170 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     timer = (lambda fn: time_cuda(fn, warmup, iters)) if is_cuda else (
         lambda fn: time_wall(fn, warmup, iters, lambda: None))
 
-    # ---- backbone: each backend/precision at each batch, fidelity vs eager fp32 ----
-    state = fidelity_state(cfg, args.seed)
-    gen = torch.Generator().manual_seed(args.seed + 7)
-    crops = torch.randn(max(batches), 3, cfg.backbone.img_size, cfg.backbone.img_size, generator=gen).to(device)
-    from ..core.backbone import build_backbone
-
-    ref_module = build_backbone(cfg)
-    ref_module.load_timm_state(state)
-    reference = TorchBackend(ref_module, device, "fp32", compile=False, cuda_graphs=False)
-    with torch.inference_mode():
-        ref_feats = reference(crops)
-    del reference, ref_module
-    rows = []
-    specs = [("torch-eager", "bf16")] + parse_backends(args.backends)
+    parts = set(args.parts.split(","))
     pipeline_spec = parse_backends(args.pipeline_backend)[0]
     pipeline_backend = None
-    for name, precision in specs:
-        t0 = time.perf_counter()
-        try:
-            backend = _make_backbone(name, precision, cfg, device, state, args.seed)
-        except Exception as e:  # noqa: BLE001 - e.g. fp8 on a GPU without it: report and go on
-            rows.append({"backend": name, "precision": precision, "error": repr(e)[:300]})
-            log(f"backbone {name}/{precision} FAILED: {e!r}"[:300])
-            continue
-        for b in batches:
-            x = crops[:b]
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                feats = backend(x)
-            first_s = time.perf_counter() - t1
-            with torch.inference_mode():
-                st = _stats(timer(lambda: backend(x)), b)
-            row = {"backend": name, "precision": precision, "batch": b, "median_ms": st["median_ms"],
-                   "p95_ms": st["p95_ms"], "crops_per_s": st["per_s"], "first_call_s": first_s,
-                   "feature_rel_l2_vs_fp32": rel_l2(feats, ref_feats[:b])}
-            rows.append(row)
-            log(f"backbone {name}/{precision} b{b}: {row['median_ms']:.2f} ms, rel L2 {row['feature_rel_l2_vs_fp32']:.2e}")
-        log(f"  ({name}/{precision} built+timed in {time.perf_counter() - t0:.0f}s)")
-        if (name, precision) == pipeline_spec:
-            pipeline_backend = backend  # compiled and captured already: the pipeline runs it
-        del backend
+    # ---- backbone: each backend/precision at each batch, fidelity vs eager fp32 ----
+    if "backbone" in parts:
+        state = fidelity_state(cfg, args.seed)
+        gen = torch.Generator().manual_seed(args.seed + 7)
+        crops = torch.randn(max(batches), 3, cfg.backbone.img_size, cfg.backbone.img_size, generator=gen).to(device)
+        from ..core.backbone import build_backbone
+
+        ref_module = build_backbone(cfg)
+        ref_module.load_timm_state(state)
+        reference = TorchBackend(ref_module, device, "fp32", compile=False, cuda_graphs=False)
+        with torch.inference_mode():
+            ref_feats = reference(crops)
+        del reference, ref_module
+        rows: list[dict[str, Any]] = []
+        kernels: list[dict[str, Any]] = []
+        specs = [("torch-eager", "bf16")] + ([BASELINE] if is_cuda else []) + parse_backends(args.backends)
+        for name, precision in specs:
+            t0 = time.perf_counter()
+            try:
+                backend = _make_backbone(name, precision, cfg, device, state, args.seed)
+            except Exception as e:  # noqa: BLE001 - e.g. fp8 on a GPU without it: report and go on
+                rows.append({"backend": name, "precision": precision, "error": repr(e)[:300]})
+                log(f"backbone {name}/{precision} FAILED: {e!r}"[:300])
+                continue
+            for b in batches:
+                x = crops[:b]
+                try:
+                    t1 = time.perf_counter()
+                    with torch.inference_mode():
+                        feats = backend(x)
+                    first_s = time.perf_counter() - t1
+                    with torch.inference_mode():
+                        st = _stats(timer(lambda: backend(x)), b)
+                except Exception as e:  # noqa: BLE001 - a backend failing at one batch: report and go on
+                    rows.append({"backend": name, "precision": precision, "batch": b, "error": repr(e)[:300]})
+                    log(f"backbone {name}/{precision} b{b} FAILED: {e!r}"[:300])
+                    continue
+                row = {"backend": name, "precision": precision, "batch": b, "median_ms": st["median_ms"],
+                       "p95_ms": st["p95_ms"], "crops_per_s": st["per_s"], "first_call_s": first_s,
+                       "feature_rel_l2_vs_fp32": rel_l2(feats, ref_feats[:b])}
+                rows.append(row)
+                log(f"backbone {name}/{precision} b{b}: {row['median_ms']:.2f} ms, rel L2 {row['feature_rel_l2_vs_fp32']:.2e}")
+            if is_cuda and name in KERNEL_TABLE_BACKENDS and hasattr(backend, "module"):
+                try:
+                    kernels.append({"backend": name, "precision": precision, **kernel_table(backend, crops[:1])})
+                except Exception as e:  # noqa: BLE001 - the profile is extra information
+                    log(f"kernel table {name}/{precision} FAILED: {e!r}"[:300])
+            log(f"  ({name}/{precision} built+timed in {time.perf_counter() - t0:.0f}s)")
+            if (name, precision) == pipeline_spec:
+                pipeline_backend = backend  # compiled and captured already: the pipeline runs it
+            del backend
+            if is_cuda:
+                torch.cuda.empty_cache()
+        base = {r["batch"]: r["median_ms"] for r in rows if (r["backend"], r["precision"]) == BASELINE and "error" not in r}
+        for r in rows:
+            if r.get("batch") in base and "error" not in r:
+                r["speedup_vs_baseline"] = base[r["batch"]] / r["median_ms"]
+        result["backbone"] = rows
+        if kernels:
+            result["backbone_kernels"] = kernels
         if is_cuda:
-            torch.cuda.empty_cache()
-    result["backbone"] = rows
-    _save(args.out, result)
+            result["gemm_peak"] = gemm_peaks(device)
+            log(f"GEMM peak (8192^3): bf16 {result['gemm_peak']['bf16_tflops']:.0f} TFLOP/s, "
+                f"fp8 row-wise {result['gemm_peak']['fp8_rowwise_tflops']:.0f} TFLOP/s")
+        _save(args.out, result)
 
     # ---- decoder + MHR (body mode): eager, graph replay, and the pipeline's path (compiled regions, TF32, graph) ----
-    head = random_head(cfg, seed=args.seed).to(device).eval()
-    paths: dict[str, Callable[..., Any]] = {"eager": head}
-    if is_cuda:
-        paths["graph"] = make_runner(head, device, compile=False)
-        # the pipeline's path (compiled regions, TF32, graphs) on a head of its own: compiling works in place
-        paths["compiled+graph+tf32"] = head_runner(random_head(cfg, seed=args.seed).to(device).eval(), device)
-    dec_rows = []
-    for persons in [int(p) for p in args.decoder_persons.split(",")]:
-        inputs = head_inputs(cfg, persons, device)
-        with torch.inference_mode():
-            ref = head(*inputs)
-        for label, fn in paths.items():
-            try:
-                with torch.inference_mode():
-                    t1 = time.perf_counter()
-                    out = fn(*inputs)
-                    first_s = time.perf_counter() - t1
-                    st = _stats(timer(lambda: fn(*inputs)), persons)
-                err = max(rel_l2(out[k], ref[k]) for k in ("pred_vertices", "pred_keypoints_3d", "pred_cam_t"))
-                dev_mm = 1000.0 * float((out["pred_vertices"] - ref["pred_vertices"]).norm(dim=-1).max())
-                dec_rows.append({"path": label, "persons": persons, "median_ms": st["median_ms"],
-                                 "p95_ms": st["p95_ms"], "first_call_s": first_s, "rel_l2_vs_eager": err,
-                                 "max_vertex_dev_mm": dev_mm})
-                log(f"decoder+MHR {label} {persons}p: {st['median_ms']:.2f} ms (first call {first_s:.1f} s, "
-                    f"rel vs eager {err:.1e}, max vertex {dev_mm:.3f} mm)")
-            except Exception as e:  # noqa: BLE001 - a failing optional path is reported, the bench goes on
-                dec_rows.append({"path": label, "persons": persons, "error": repr(e)[:300]})
-                log(f"decoder+MHR {label} {persons}p FAILED: {e!r}"[:300])
-    result["decoder"] = dec_rows
-    _save(args.out, result)
-    del paths, head
-    if is_cuda:
-        torch.cuda.empty_cache()
+    if "decoder" in parts:
+        head = random_head(cfg, seed=args.seed).to(device).eval()
+        paths: dict[str, Callable[..., Any]] = {"eager": head}
+        if is_cuda:
+            paths["graph"] = make_runner(head, device, compile=False)
+            # the pipeline's path (compiled regions, TF32, graphs) on a head of its own: compiling works in place
+            paths["compiled+graph+tf32"] = head_runner(random_head(cfg, seed=args.seed).to(device).eval(), device)
+        dec_rows = []
+        for persons in [int(p) for p in args.decoder_persons.split(",")]:
+            inputs = head_inputs(cfg, persons, device)
+            with torch.inference_mode():
+                ref = head(*inputs)
+            for label, fn in paths.items():
+                try:
+                    with torch.inference_mode():
+                        t1 = time.perf_counter()
+                        out = fn(*inputs)
+                        first_s = time.perf_counter() - t1
+                        st = _stats(timer(lambda: fn(*inputs)), persons)
+                    err = max(rel_l2(out[k], ref[k]) for k in ("pred_vertices", "pred_keypoints_3d", "pred_cam_t"))
+                    dev_mm = 1000.0 * float((out["pred_vertices"] - ref["pred_vertices"]).norm(dim=-1).max())
+                    dec_rows.append({"path": label, "persons": persons, "median_ms": st["median_ms"],
+                                     "p95_ms": st["p95_ms"], "first_call_s": first_s, "rel_l2_vs_eager": err,
+                                     "max_vertex_dev_mm": dev_mm})
+                    log(f"decoder+MHR {label} {persons}p: {st['median_ms']:.2f} ms (first call {first_s:.1f} s, "
+                        f"rel vs eager {err:.1e}, max vertex {dev_mm:.3f} mm)")
+                except Exception as e:  # noqa: BLE001 - a failing optional path is reported, the bench goes on
+                    dec_rows.append({"path": label, "persons": persons, "error": repr(e)[:300]})
+                    log(f"decoder+MHR {label} {persons}p FAILED: {e!r}"[:300])
+        result["decoder"] = dec_rows
+        _save(args.out, result)
+        del paths, head
+        if is_cuda:
+            torch.cuda.empty_cache()
 
     # ---- whole pipeline per frame: crop -> outputs on the host ----
-    pipe_rows: list[dict[str, Any]] = []
-    result["pipeline"] = pipe_rows
-    try:
-        backend, precision = pipeline_spec
-        pipe = BodyPipeline(PipelineSettings(model_config=cfg.name, backend=backend, device=str(device),
-                                             precision=precision, seed=args.seed), pipeline_backend)
-        pipeline_backend = None
-        sync = (lambda: torch.cuda.synchronize(device)) if is_cuda else (lambda: None)
-        persons_list = [int(p) for p in args.pipeline_persons.split(",")]
-        runs = [(pipe, p) for p in sorted(set(persons_list + [args.memory_persons]))]
-        if args.full_persons:  # `full` mode (hand refinement) on the same backbone
-            full = BodyPipeline(PipelineSettings(model_config=cfg.name, device=str(device), seed=args.seed,
-                                                 mode="full"), pipe.backend)
-            runs += [(full, int(p)) for p in args.full_persons.split(",")]
-        for pipe, persons in runs:
-            mode = pipe.settings.mode
-            image, boxes = synthetic_frame(persons)
-            pipe.infer(image, boxes)  # compile / capture
-            if is_cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats(device)
-            stages: list[dict[str, float]] = []
+    if "pipeline" in parts:
+        pipe_rows: list[dict[str, Any]] = []
+        result["pipeline"] = pipe_rows
+        try:
+            backend, precision = pipeline_spec
+            pipe = BodyPipeline(PipelineSettings(model_config=cfg.name, backend=backend, device=str(device),
+                                                 precision=precision, seed=args.seed), pipeline_backend)
+            pipeline_backend = None
+            sync = (lambda: torch.cuda.synchronize(device)) if is_cuda else (lambda: None)
+            persons_list = [int(p) for p in args.pipeline_persons.split(",")]
+            runs = [(pipe, p) for p in sorted(set(persons_list + [args.memory_persons]))]
+            if args.full_persons:  # `full` mode (hand refinement) on the same backbone
+                full = BodyPipeline(PipelineSettings(model_config=cfg.name, device=str(device), seed=args.seed,
+                                                     mode="full"), pipe.backend)
+                runs += [(full, int(p)) for p in args.full_persons.split(",")]
+            for pipe, persons in runs:
+                mode = pipe.settings.mode
+                image, boxes = synthetic_frame(persons)
+                pipe.infer(image, boxes)  # compile / capture
+                if is_cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats(device)
+                stages: list[dict[str, float]] = []
 
-            def frame() -> None:
-                stages.append(pipe.infer(image, boxes).timings_ms)
+                def frame() -> None:
+                    stages.append(pipe.infer(image, boxes).timings_ms)
 
-            st = _stats(time_wall(frame, warmup, iters, sync), 1)
-            if persons == args.memory_persons and is_cuda and mode == "body":
-                result["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                result["peak_gpu_mem_persons"] = persons
-            if persons in persons_list or mode != "body":
-                stage_med = {k: float(np.median([s[k] for s in stages[warmup:]])) for k in stages[0]}
-                pipe_rows.append({"persons": persons, "mode": mode, "backend": pipe.backend_name,
-                                  "median_ms": st["median_ms"], "p95_ms": st["p95_ms"], "frames_per_s": st["per_s"],
-                                  "stage_median_ms": stage_med})
-                log(f"pipeline {mode} {persons}p ({pipe.backend_name}): {st['median_ms']:.2f} ms, "
-                    f"p95 {st['p95_ms']:.2f}")
-    except Exception as e:  # noqa: BLE001 - keep the backbone/decoder numbers when the pipeline fails
-        result["pipeline_error"] = repr(e)[:500]
-        log(f"pipeline FAILED: {e!r}"[:300])
-    pipe = None
-    if is_cuda:
-        torch.cuda.empty_cache()
-    _save(args.out, result)
+                st = _stats(time_wall(frame, warmup, iters, sync), 1)
+                if persons == args.memory_persons and is_cuda and mode == "body":
+                    result["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                    result["peak_gpu_mem_persons"] = persons
+                if persons in persons_list or mode != "body":
+                    stage_med = {k: float(np.median([s[k] for s in stages[warmup:]])) for k in stages[0]}
+                    pipe_rows.append({"persons": persons, "mode": mode, "backend": pipe.backend_name,
+                                      "median_ms": st["median_ms"], "p95_ms": st["p95_ms"], "frames_per_s": st["per_s"],
+                                      "stage_median_ms": stage_med})
+                    log(f"pipeline {mode} {persons}p ({pipe.backend_name}): {st['median_ms']:.2f} ms, "
+                        f"p95 {st['p95_ms']:.2f}")
+        except Exception as e:  # noqa: BLE001 - keep the backbone/decoder numbers when the pipeline fails
+            result["pipeline_error"] = repr(e)[:500]
+            log(f"pipeline FAILED: {e!r}"[:300])
+        pipe = None
+        if is_cuda:
+            torch.cuda.empty_cache()
+        _save(args.out, result)
 
     # ---- node end to end over loopback DDS (its own process; needs rclpy and vision_msgs) ----
-    if args.node_persons:
-        result.update(run_node_bench(args, cfg.name, log, args.node_persons.split(","), []))
-    extras = ["5@mesh_triangles:=0", "1,5@mode:=full"] if args.node_extra is None else args.node_extra
-    for spec in filter(None, extras if args.node_persons else []):  # e.g. "5@mesh_triangles:=0": 5 persons, full-resolution markers
-        persons, _, params = spec.partition("@")
-        extra = run_node_bench(args, cfg.name, log, persons.split(","), params.split(";"))
-        result.setdefault("node", []).extend(dict(row, params=params) for row in extra.get("node", []))
-        if "node_error" in extra:
-            result.setdefault("node_errors", []).append({"params": params, "error": extra["node_error"]})
+    if "node" in parts:
+        if args.node_persons:
+            result.update(run_node_bench(args, cfg.name, log, args.node_persons.split(","), []))
+        extras = ["5@mesh_triangles:=0", "1,5@mode:=full"] if args.node_extra is None else args.node_extra
+        for spec in filter(None, extras if args.node_persons else []):  # e.g. "5@mesh_triangles:=0": 5 persons, full-resolution markers
+            persons, _, params = spec.partition("@")
+            extra = run_node_bench(args, cfg.name, log, persons.split(","), params.split(";"))
+            result.setdefault("node", []).extend(dict(row, params=params) for row in extra.get("node", []))
+            if "node_error" in extra:
+                result.setdefault("node_errors", []).append({"params": params, "error": extra["node_error"]})
+
     result["total_s"] = time.perf_counter() - t_start
     return result
 
@@ -334,31 +431,47 @@ def _save(path: Path, result: dict[str, Any]) -> None:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    """Human-readable summary of a bench result."""
+    """Human-readable summary of a bench result (the sections it has)."""
     print(f"\n{r.get('device')} | driver {r.get('driver', '-')} | torch {r['torch']} | timm {r['timm']} | config {r['config']}")
-    print(f"{'backbone':<14}{'prec':<6}{'batch':>5}{'median ms':>11}{'p95 ms':>9}{'crops/s':>9}{'relL2 fp32':>12}")
-    for b in r["backbone"]:
-        print(f"{b['backend']:<14}{b['precision']:<6}{b['batch']:>5}{b['median_ms']:>11.2f}{b['p95_ms']:>9.2f}"
-              f"{b['crops_per_s']:>9.0f}{b['feature_rel_l2_vs_fp32']:>12.2e}")
-    print(f"{'decoder+MHR':<14}{'path':<14}{'pers':>5}{'median ms':>11}{'p95 ms':>9}")
-    for d in r["decoder"]:
-        if "error" in d:
-            print(f"{'':<14}{d['path']:<14}{d['persons']:>5}  ERROR {d['error'][:60]}")
-        else:
-            print(f"{'':<14}{d['path']:<14}{d['persons']:>5}{d['median_ms']:>11.2f}{d['p95_ms']:>9.2f}")
-    print(f"{'pipeline':<14}{'':<6}{'pers':>5}{'median ms':>11}{'p95 ms':>9}  stages (median ms)")
-    for p in r["pipeline"]:
-        stages = " ".join(f"{k} {v:.1f}" for k, v in p["stage_median_ms"].items())
-        label = f"{p['backend']} {p.get('mode', 'body')}"
-        print(f"{label:<20}{p['persons']:>5}{p['median_ms']:>11.2f}{p['p95_ms']:>9.2f}  {stages}")
+    if r.get("backbone"):
+        print(f"{'backbone':<14}{'prec':<6}{'batch':>5}{'median ms':>11}{'p95 ms':>9}{'crops/s':>9}{'relL2 fp32':>12}"
+              f"{'x baseline':>11}")
+        for b in r["backbone"]:
+            if "error" in b:
+                print(f"{b['backend']:<14}{b['precision']:<6}{b.get('batch', ''):>5}  ERROR {b['error'][:60]}")
+                continue
+            ratio = f"{b['speedup_vs_baseline']:.2f}" if "speedup_vs_baseline" in b else "-"
+            print(f"{b['backend']:<14}{b['precision']:<6}{b['batch']:>5}{b['median_ms']:>11.2f}{b['p95_ms']:>9.2f}"
+                  f"{b['crops_per_s']:>9.0f}{b['feature_rel_l2_vs_fp32']:>12.2e}{ratio:>11}")
+    if "gemm_peak" in r:
+        g = r["gemm_peak"]
+        print(f"GEMM peak {g['size']}^3: bf16 {g['bf16_tflops']:.0f}, fp8 row-wise {g['fp8_rowwise_tflops']:.0f} TFLOP/s")
+    for k in r.get("backbone_kernels", []):
+        print(f"kernels of {k['backend']}/{k['precision']} b{k['batch']}: {k['gpu_ms_per_forward']:.2f} ms GPU per forward")
+        for e in k["kernels"][:8]:
+            print(f"  {e['ms_per_forward']:7.3f} ms {e['calls_per_forward']:5.0f}x  {e['kernel'][:80]}")
+    if r.get("decoder"):
+        print(f"{'decoder+MHR':<14}{'path':<14}{'pers':>5}{'median ms':>11}{'p95 ms':>9}")
+        for d in r["decoder"]:
+            if "error" in d:
+                print(f"{'':<14}{d['path']:<14}{d['persons']:>5}  ERROR {d['error'][:60]}")
+            else:
+                print(f"{'':<14}{d['path']:<14}{d['persons']:>5}{d['median_ms']:>11.2f}{d['p95_ms']:>9.2f}")
+    if r.get("pipeline"):
+        print(f"{'pipeline':<14}{'':<6}{'pers':>5}{'median ms':>11}{'p95 ms':>9}  stages (median ms)")
+        for p in r["pipeline"]:
+            stages = " ".join(f"{k} {v:.1f}" for k, v in p["stage_median_ms"].items())
+            label = f"{p['backend']} {p.get('mode', 'body')}"
+            print(f"{label:<20}{p['persons']:>5}{p['median_ms']:>11.2f}{p['p95_ms']:>9.2f}  {stages}")
     if r.get("node"):
-        print(f"{'node (DDS)':<14}{'':<6}{'pers':>5}{'median ms':>11}{'p95 ms':>9}{'rate Hz':>9}{'drops':>7}")
+        print(f"{'node (DDS)':<14}{'':<6}{'pers':>5}{'median ms':>11}{'p95 ms':>9}{'answered':>10}{'rate Hz':>9}")
         for n in r["node"]:
             label = f"{r['node_run']['backend']}/{r['node_run']['precision']} {n.get('params', '')}"
-            print(f"{label:<20}{n['persons']:>5}{n['median_ms']:>11.2f}{n['p95_ms']:>9.2f}{n['rate_hz']:>9.2f}"
-                  f"{n['drops']:>7}")
-    elif "node_error" in r:
-        print(f"node: not measured ({r['node_error'][:200]})")
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            print(f"{label:<20}{n['persons']:>5}{fmt(n['median_ms']):>11}{fmt(n['p95_ms']):>9}"
+                  f"{n['answered']:>6}/{n['sent']:<3}{n['rate_hz']:>9.2f}")
+    for e in ([{"params": "", "error": r["node_error"]}] if "node_error" in r else []) + r.get("node_errors", []):
+        print(f"node {e['params']}: not measured ({e['error'][:200]})")
     if "peak_gpu_mem_gib" in r:
         print(f"peak GPU memory ({r['peak_gpu_mem_persons']} persons, whole pipeline): {r['peak_gpu_mem_gib']:.2f} GiB")
     print(f"total {r['total_s']:.0f} s")
@@ -379,6 +492,8 @@ def _bench(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `bench` sub-command."""
     p = subparsers.add_parser("bench", help="time backbone backends, decoder + MHR and the whole pipeline (JSON + table)")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated sections to run (default all: "
+                   f"{','.join(PARTS)}); e.g. two calls 'backbone,decoder,pipeline' and 'node' on a 10-minute budget")
     p.add_argument("--config", default="full", choices=["tiny", "full"],
                    help="model size (default full: the real 840M backbone; tiny for a quick check on a CPU)")
     p.add_argument("--device", default="cuda", help="torch device to time on (default cuda)")
