@@ -388,6 +388,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if "node" in parts:
         if args.node_persons:
             result.update(run_node_bench(args, cfg.name, log, args.node_persons.split(","), []))
+            _save(args.out, result)
         extras = ["5@mesh_triangles:=0", "1,5@mode:=full"] if args.node_extra is None else args.node_extra
         for spec in filter(None, extras if args.node_persons else []):  # e.g. "5@mesh_triangles:=0": 5 persons, full-resolution markers
             persons, _, params = spec.partition("@")
@@ -395,6 +396,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             result.setdefault("node", []).extend(dict(row, params=params) for row in extra.get("node", []))
             if "node_error" in extra:
                 result.setdefault("node_errors", []).append({"params": params, "error": extra["node_error"]})
+            _save(args.out, result)
 
     result["total_s"] = time.perf_counter() - t_start
     return result
