@@ -159,7 +159,7 @@ class BodyPipeline:
         hand_backbone: list[tuple] = []
         if self.full_mode is not None:
             out, hand_boxes = self.full_mode(image_rgb, feats, camera, crops.affine.numpy(), K,
-                                             self._timed_backbone(hand_backbone), self._upload)
+                                             self._timed_backbone(hand_backbone), crops.frame)
         else:
             out = self.run_head(feats, *camera)
         outputs = _to_numpy(out)

@@ -12,7 +12,7 @@ from skimage import data
 
 from sam3d_body_ros.core.checkpoint import load_checkpoint
 from sam3d_body_ros.core.config import TINY
-from sam3d_body_ros.core.crop import IMAGENET_STD, PinnedUpload, warp_matrix
+from sam3d_body_ros.core.crop import IMAGENET_STD, warp_matrix
 from sam3d_body_ros.core.errors import WeightsError
 from sam3d_body_ros.core.hands import (
     BodyFirstPass,
@@ -76,7 +76,7 @@ def test_left_hand_crop_is_the_mirror_image():
     image = data.astronaut()
     g = hand_crop_geometry(np.array([[[0.4, 0.3, 0.2, 0.2]] * 2]), warp_matrix(np.array([250.0, 260.0]), 460.0,
                                                                                   512)[None], 512, 512)
-    left, right = warp_hand_crops(image, g.affine, 512, CPU, PinnedUpload())
+    left, right = warp_hand_crops(image, g.affine, 512, None)
     grey = torch.as_tensor(1.0 / (255.0 * IMAGENET_STD))[:, None, None]
     diff = ((left[..., 1:] - right.flip(-1)[..., :-1]) / grey).abs()  # in grey levels
     assert diff.max() <= 5 and diff.mean() < 0.05

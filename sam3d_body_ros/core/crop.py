@@ -29,6 +29,7 @@ class CropBatch:
     affine: torch.Tensor  # (N,2,3) image px -> crop px
     boxes: torch.Tensor  # (N,4) xyxy, image px
     image_size: tuple[int, int]  # (W, H)
+    frame: torch.Tensor | None = None  # (H,W,3) uint8 frame on the GPU (CUDA only): reused for the hand crops
 
 
 def validate_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, list[str]]:
@@ -92,6 +93,7 @@ def prepare_crops(
     center, side = box_to_center_side(boxes)
     affines = np.stack([warp_matrix(c, s, size) for c, s in zip(center, side)]) if len(boxes) else np.zeros((0, 2, 3))
     device = torch.device(device)
+    frame = None
     if device.type == "cpu":
         images = _warp_cv2(image_rgb, affines, size)
     else:
@@ -104,6 +106,7 @@ def prepare_crops(
         affine=torch.from_numpy(affines).float(),
         boxes=torch.from_numpy(boxes).float(),
         image_size=(w, h),
+        frame=frame,
     )
 
 

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .camera import cam_translation, project_points
-from .crop import PADDING, PinnedUpload, _warp_cv2, _warp_torch, box_to_center_side, warp_matrix
+from .crop import PADDING, _warp_cv2, _warp_torch, box_to_center_side, warp_matrix
 from .heads import NUM_CAM, NUM_HAND_CONT, NUM_POSE, MHRHead, rotmat_to_euler
 from .keypoints import MHR_JOINT_NAMES
 from .model import OUTPUT_FIELDS, SAM3DBodyHead
@@ -119,16 +119,14 @@ def hand_crop_geometry(hand_box: np.ndarray, body_affine: np.ndarray, width: int
     )
 
 
-def warp_hand_crops(image_rgb: np.ndarray, affine: np.ndarray, size: int, device: torch.device,
-                    upload: PinnedUpload) -> torch.Tensor:
+def warp_hand_crops(image_rgb: np.ndarray, affine: np.ndarray, size: int, frame: torch.Tensor | None) -> torch.Tensor:
     """The 2N normalised hand crops (left ones from the mirrored image) through the body crops' warp: OpenCV on the
-    CPU, its bit-exact port on CUDA (the frame uploaded again through `upload`)."""
+    CPU (`frame` None), its bit-exact port on the GPU from `frame`, the frame the body crops already uploaded."""
     n = len(affine) // 2
-    if device.type == "cpu":
+    if frame is None:
         left = _warp_cv2(np.ascontiguousarray(image_rgb[:, ::-1]), affine[:n], size)
         right = _warp_cv2(image_rgb, affine[n:], size)
     else:
-        frame = upload(image_rgb, device)
         left, right = _warp_torch(frame.flip(1), affine[:n], size), _warp_torch(frame, affine[n:], size)
     return torch.cat([left, right])
 
@@ -440,9 +438,10 @@ class FullMode:
 
     def __call__(self, image_rgb: np.ndarray, features: torch.Tensor, camera: tuple[torch.Tensor, ...],
                  body_affine: np.ndarray, K: np.ndarray, backbone: Callable[[torch.Tensor], torch.Tensor],
-                 upload: PinnedUpload) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+                 frame: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
         """Body features (N,C,h,w) and crop camera (center, side, affine, K on the device; `body_affine` the host
-        copy) -> output tensors and the host-side hand crop boxes (`lhand_bbox`, `rhand_bbox`)."""
+        copy; `frame` the uploaded frame on CUDA, None on the CPU) -> output tensors and the host-side hand crop boxes
+        (`lhand_bbox`, `rhand_bbox`)."""
         n = features.shape[0]
         h, w = image_rgb.shape[:2]
         device = features.device
@@ -454,7 +453,7 @@ class FullMode:
             geometry.center, geometry.side[:, None], geometry.affine.reshape(2 * n, 6), hand_K.reshape(2 * n, 9),
             np.tile([[w, h]], (2 * n, 1))], axis=1).astype(np.float32))
         packed = packed.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else packed
-        hand_feats = backbone(warp_hand_crops(image_rgb, geometry.affine, self.size, device, upload))
+        hand_feats = backbone(warp_hand_crops(image_rgb, geometry.affine, self.size, frame))
         hands = per_person(self.hands(hand_feats, packed[:, :2], packed[:, 2], packed[:, 3:9].reshape(-1, 2, 3),
                                       packed[:, 9:18].reshape(-1, 3, 3)), n)
         hand_side = packed[:, 2:3].unflatten(0, (2, n)).transpose(0, 1).flatten(1)  # (N,2)
