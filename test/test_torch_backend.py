@@ -152,3 +152,9 @@ def test_timm_compile_baseline_is_the_plain_timm_model() -> None:
     got, want = baseline(x), ours(x)
     assert got.dtype == torch.float32 and got.shape == want.shape == (2, TINY.backbone.embed_dim, 32, 32)
     assert float((got - want).norm() / want.norm()) < 2e-2  # both bf16; compiled kernels round differently
+
+
+def test_node_backend_choices_are_the_registered_backends() -> None:
+    from sam3d_body_ros.ros.params import BACKEND_CHOICES
+
+    assert BACKEND_CHOICES == ("auto", *BACKENDS)

@@ -42,7 +42,7 @@ class Param:
 
 _RELIABILITY = ("reliable", "best_effort")
 TRACKING_CHOICES = ("detector", "iou", "off")  # tracks.MODES (not imported: it loads scipy)
-BACKEND_CHOICES = ("auto", "torch", "torch-int8", "onnxruntime", "tensorrt", "pt2")
+BACKEND_CHOICES = ("auto", "torch", "torch-int8", "fused-fp8", "onnxruntime", "tensorrt", "pt2")  # runtime.backend.BACKENDS
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8")
 MODEL_CONFIG_HELP = ("model size when no weights are given: tiny (small dimensions, seconds on a CPU: for tests and the "
                      "weight-less demo) or full (the real 840M-parameter DINOv3 backbone); with weights their own "
@@ -54,7 +54,7 @@ PARAMS: tuple[Param, ...] = (
     Param("weights_dir", "", "upstream checkpoint dir (model.ckpt, model_config.yaml, assets/mhr_model.pt); "
                              "empty: seeded random weights"),
     Param("backend", "auto", "backbone runtime: auto (torch-int8 on CUDA, torch on CPU), torch, torch-int8, "
-                             "onnxruntime, tensorrt, pt2", BACKEND_CHOICES),
+                             "fused-fp8, onnxruntime, tensorrt, pt2", BACKEND_CHOICES),
     Param("precision", "auto", "backbone precision: auto (the backend's default for the device), fp32, bf16, fp16, "
                                "fp8, int8", PRECISION_CHOICES),
     Param("device", "auto", "torch device: auto (cuda when a GPU is usable, else cpu), cpu, cuda or cuda:N"),

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..ros.params import coerce
 from .options import add_model_args
+from .thread_profile import summarize, table
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding sam3d_body_ros/
 WIDTH, HEIGHT = 1280, 720
@@ -369,8 +370,6 @@ def start_profilers(pid: int, persons: int, args: argparse.Namespace) -> list[tu
 
 def finish_profilers(procs: list[tuple[str, Path, subprocess.Popen]]) -> dict[str, Any]:
     """Wait for the samplers; per kind the per-thread summary (thread_profile.summarize) or the error."""
-    from .thread_profile import summarize
-
     result: dict[str, Any] = {}
     for kind, out, proc in procs:
         _, err = proc.communicate(timeout=60)
@@ -476,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     print_table(doc["node"], args.rate)
+    for row in doc["node"]:
+        for kind, summary in row.get("thread_profile", {}).items():
+            print(f"\nnode threads, {row['persons']} persons, {kind} samples (py-spy):")
+            print(table(summary) if "samples" in summary else f"  profile failed: {summary['error']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
