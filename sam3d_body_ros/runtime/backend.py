@@ -71,7 +71,8 @@ def backend_spec(name: str) -> BackendSpec:
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """"auto" -> torch-int8 on CUDA (8-bit GEMMs: the fastest measured path, bench/RESULTS.md), torch on CPU."""
+    """"auto" -> torch-int8 on CUDA (cuBLAS fp8 GEMMs: the fastest measured path; fused-fp8 was slower on the H200,
+    6.11 vs 4.86 ms at batch 1, bench/RESULTS.md), torch on CPU."""
     if name != "auto":
         return name
     return "torch-int8" if device.type == "cuda" else "torch"
