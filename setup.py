@@ -42,7 +42,8 @@ setup(
             "ros-diagnostic-msgs==5.5.1",
             "ros-shape-msgs==5.5.1",
         ],
-        "test": ["pytest==9.2.0", "ruff==0.14.10"],
+        # triton: the fused-fp8 kernels' CPU tests run in Triton's interpreter (torch 2.14.1 pulls this version on Linux)
+        "test": ["pytest==9.2.0", "ruff==0.14.10", "triton==3.8.0"],
     },
     zip_safe=True,
     maintainer="sam3d_body_ros developers",
