@@ -214,6 +214,8 @@ def _fp8_swiglu_kernel(a_ptr, sa_ptr, b_ptr, sw_ptr, bias_ptr, h_ptr, amax_ptr,
                        HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # h[M, H] = silu(A @ Bg^T) * (A @ Bv^T), B = [Bg; Bv] (2H, K); A tile loaded once for both accumulators
+    # The grouped tile order is spelled out again (as in _fp8_gemm_kernel): a shared @triton.jit helper cannot be
+    # called from these kernels when they run in the interpreter ("Cannot call @triton.jit'd outside of a kernel").
     pid = tl.program_id(0)
     num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
     num_pid_n = (H + BLOCK_N - 1) // BLOCK_N
