@@ -499,7 +499,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="full", choices=["tiny", "full"],
                    help="model size (default full: the real 840M backbone; tiny for a quick check on a CPU)")
     p.add_argument("--device", default="cuda", help="torch device to time on (default cuda)")
-    p.add_argument("--backends", default="torch:bf16,torch:fp16,torch-int8:fp8",
+    p.add_argument("--backends", default="torch:bf16,torch:fp16,torch-int8:fp8,fused-fp8:fp8",
                    help="backbone backend:precision list (an eager bf16 reference is always timed first)")
     p.add_argument("--batches", default="1,8", help="backbone batch sizes to time (default 1,8)")
     p.add_argument("--decoder-persons", default="1,8", help="persons per decoder + MHR run (default 1,8)")
