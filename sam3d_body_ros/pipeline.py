@@ -95,7 +95,9 @@ class BodyPipeline:
         self.run_head = head_runner(self.head, self.device)
         self.faces = self.head.faces.cpu().numpy().astype(np.int64)
         self._upload = PinnedUpload()
-        self._body_eval: tuple[tuple[int, ...], Callable[..., dict]] | None = None  # (column sizes, runner)
+        m = self.cfg.mhr  # evaluate_bodies' packed columns: shape, model params, expr, cam_t, K
+        self._body_eval = make_runner(BodyEvaluation(self.head.head_pose, (m.num_identity, m.num_model_params,
+                                                                           m.num_expr, 3, 9)), self.device, compile=False)
         self.full_mode: FullMode | None = None
         if full:  # its three decoder calls wrapped as the body head is (compiled regions, TF32, CUDA graphs)
             from .core.hands import FullMode, FullModeOptions
@@ -198,15 +200,9 @@ class BodyPipeline:
         pred_keypoints_3d, pred_joint_coords, pred_global_rots as `infer` gives them, and pred_keypoints_2d through
         `cam_t` (N,3) and K (3x3). On CUDA one graph replay per person count (eager MHR launches took 4-6 ms)."""
         n = len(model_params)
-        sizes = (shape.shape[1], model_params.shape[1], expr.shape[1], 3, 9)
-        if self._body_eval is None or self._body_eval[0] != sizes:
-            from .runtime.torch_backend import make_runner
-
-            self._body_eval = sizes, make_runner(BodyEvaluation(self.head.head_pose, sizes), self.device,
-                                                 compile=False)
         packed = torch.from_numpy(np.concatenate([shape, model_params, expr, cam_t, np.broadcast_to(
             np.reshape(K, (1, 9)), (n, 9))], axis=1, dtype=np.float32)).to(self.device)  # one host->device copy
-        return _to_numpy(self._body_eval[1](packed))
+        return _to_numpy(self._body_eval(packed))
 
     def _empty(self, K: np.ndarray, kept: np.ndarray, rejected: list[str], note: str | None) -> BodyResult:
         """A result with zero persons and the right trailing shapes (so consumers can clear displays)."""
