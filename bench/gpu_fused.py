@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sam3d_body_ros.core.config import get_config  # noqa: E402
 from sam3d_body_ros.core.synthetic import random_backbone  # noqa: E402
 from sam3d_body_ros.runtime import fp8_kernels as fk  # noqa: E402
+from sam3d_body_ros.tools.bench import _stats, gemm_peaks, time_cuda  # noqa: E402
 from sam3d_body_ros.tools.fidelity import rel_l2  # noqa: E402
 
 T0 = time.time()
@@ -37,19 +38,8 @@ def log(msg: str) -> None:
 
 
 def cuda_time(fn, warmup: int = 10, iters: int = 50) -> dict:
-    """Median / p95 / min ms of fn() over `iters` calls timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    for i in range(iters):
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    ts = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    return {"median_ms": ts[len(ts) // 2], "p95_ms": ts[int(0.95 * (len(ts) - 1))], "min_ms": ts[0]}
+    """Median / p95 ms of fn() over `iters` calls timed with CUDA events (the bench command's timer)."""
+    return _stats(time_cuda(fn, warmup, iters))
 
 
 def section(name: str):
@@ -182,18 +172,8 @@ def bench_kernels(dev: torch.device, ms: list[int]) -> None:
 
 @section("fp8 peak")
 def bench_peak(dev: torch.device) -> None:
-    s = 8192
-    a = torch.randn(s, s, device=dev).to(torch.float8_e4m3fn)
-    b = torch.randn(s, s, device=dev).to(torch.float8_e4m3fn)
-    one = torch.ones((), device=dev)
-    sa, sb = torch.ones(s, 1, device=dev), torch.ones(1, s, device=dev)
-    for label, kw in (("tensorwise", {"scale_a": one, "scale_b": one}), ("rowwise", {"scale_a": sa, "scale_b": sb})):
-        def fn(kw=kw):
-            return torch._scaled_mm(a, b.t(), out_dtype=torch.bfloat16, use_fast_accum=True, **kw)
-        t = _try(f"peak {label}", lambda fn=fn: cuda_time(fn, warmup=5, iters=20))
-        if t:
-            REPORT["peak"][label] = {"ms": t["median_ms"], "tflops": 2.0 * s**3 / t["median_ms"] / 1e9}
-            log(f"fp8 _scaled_mm {label} 8192^3: {REPORT['peak'][label]}")
+    REPORT["peak"] = gemm_peaks(dev)  # the same measurement as the bench command's GEMM peak row
+    log(f"GEMM peak 8192^3: {REPORT['peak']}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,8 +280,9 @@ def main() -> int:
               f"  {r.get('triton_ms', float('nan')):9.4f}  {r.get('triton_tflops', float('nan')):7.1f}"
               f"  {r.get('scaled_mm_ms', float('nan')):12.4f}  {r.get('scaled_mm_tflops', float('nan')):7.1f}"
               f"  {r.get('bf16_mm_ms', float('nan')):10.4f}  {r.get('bf16_mm_tflops', float('nan')):7.1f}")
-    for label, p in REPORT["peak"].items():
-        print(f"fp8 _scaled_mm 8192^3 {label}: {p['ms']:.3f} ms, {p['tflops']:.0f} TFLOP/s")
+    if REPORT["peak"]:
+        p = REPORT["peak"]
+        print(f"GEMM peak {p['size']}^3: bf16 {p['bf16_tflops']:.0f}, fp8 row-wise {p['fp8_rowwise_tflops']:.0f} TFLOP/s")
     print(f"\n{'variant':26s} {'b':>2s} {'med ms':>8s} {'p95 ms':>8s} {'crops/s':>8s} {'first s':>8s} {'relL2':>9s}")
     for r in REPORT["backbone"]:
         if "median_ms" in r:

@@ -158,3 +158,11 @@ def test_node_backend_choices_are_the_registered_backends() -> None:
     from sam3d_body_ros.ros.params import BACKEND_CHOICES
 
     assert BACKEND_CHOICES == ("auto", *BACKENDS)
+
+
+def test_bench_rejects_an_unknown_part(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "sam3d_body_ros", "bench", "--device", "cpu", "--parts", "backbne",
+           "--out", str(tmp_path / "r.json")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown --parts backbne: choose from backbone,decoder,pipeline,node" in proc.stderr
+    assert not (tmp_path / "r.json").exists()

@@ -189,15 +189,13 @@ def _make_backbone(name: str, precision: str, cfg: ModelConfig, device: torch.de
     from ..runtime.backend import create_backend
     from ..runtime.torch_backend import TorchBackend
 
+    if name not in (BASELINE[0], "torch-eager"):
+        return create_backend(name, cfg, device=device, precision=precision, backbone_state=state, seed=seed)
+    module = build_backbone(cfg)
+    module.load_timm_state(state)
     if name == BASELINE[0]:
-        module = build_backbone(cfg)
-        module.load_timm_state(state)
         return TimmCompileBaseline(module.encoder, device, module.num_prefix_tokens, module.grid)
-    if name == "torch-eager":
-        module = build_backbone(cfg)
-        module.load_timm_state(state)
-        return TorchBackend(module, device, precision, compile=False, cuda_graphs=False, fuse=False)
-    return create_backend(name, cfg, device=device, precision=precision, backbone_state=state, seed=seed)
+    return TorchBackend(module, device, precision, compile=False, cuda_graphs=False, fuse=False)
 
 
 def parse_backends(spec: str) -> list[tuple[str, str]]:
@@ -482,6 +480,9 @@ def print_table(r: dict[str, Any]) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from .options import fail
 
+    unknown = set(args.parts.split(",")) - set(PARTS)
+    if unknown:
+        raise fail(f"unknown --parts {', '.join(sorted(unknown))}", None, f"choose from {','.join(PARTS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise fail("CUDA is not available", None, "run on a GPU machine or pass --device cpu --config tiny")
     result = run_bench(args)
