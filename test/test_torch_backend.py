@@ -58,7 +58,8 @@ def test_bench_command_writes_json_and_table(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "sam3d_body_ros", "bench", "--config", "tiny", "--device", "cpu", "--warmup", "1",
            "--iters", "2", "--batches", "1,2", "--decoder-persons", "2", "--pipeline-persons", "1",
            "--full-persons", "1", "--memory-persons", "1", "--backends", "torch:fp32,torch-int8:int8",
-           "--pipeline-backend", "torch:fp32", "--node-persons", "1", "--node-extra", "", "--node-rate", "5",
+           "--pipeline-backend", "torch:fp32", "--node-persons", "", "--node-extra", "1@publish_points:=false",
+           "--node-rate", "5",
            "--node-duration", "3", "--node-warmup", "2", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -78,10 +79,13 @@ def test_bench_command_writes_json_and_table(tmp_path: Path) -> None:
 
 
 def check_node_rows(r: dict) -> None:
-    """The node bench (its own node process over loopback DDS, 5 Hz for 3 s) merged into the bench JSON."""
-    run = r["node_run"]
+    """The node bench (its own node process over loopback DDS, 5 Hz for 3 s, one parameter set on the node) merged
+    into the bench JSON."""
+    [run] = r["node_runs"]
     assert run["config"] == "tiny" and run["backend"] == "torch" and run["precision"] == "fp32"
+    assert run["params"] == ["publish_points:=false"] and "node_errors" not in r
     [row] = r["node"]
+    assert (row["backend"], row["precision"], row["params"]) == ("torch", "fp32", "publish_points:=false")
     assert row["persons"] == 1 and row["sent"] == 15
     assert 0 < row["answered"] <= row["sent"] and row["drops"] == row["sent"] - row["answered"]
     assert 0 <= row["dropped_busy"] <= row["drops"]

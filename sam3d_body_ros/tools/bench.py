@@ -384,16 +384,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     # ---- node end to end over loopback DDS (its own process; needs rclpy and vision_msgs) ----
     if "node" in parts:
-        if args.node_persons:
-            result.update(run_node_bench(args, cfg.name, log, args.node_persons.split(","), []))
-            _save(args.out, result)
         extras = ["5@mesh_triangles:=0", "1,5@mode:=full"] if args.node_extra is None else args.node_extra
-        for spec in filter(None, extras if args.node_persons else []):  # e.g. "5@mesh_triangles:=0": 5 persons, full-resolution markers
+        specs = ([args.node_persons] if args.node_persons else []) + [e for e in extras if e]
+        for spec in specs:  # PERSONS[@NAME:=VALUE;...], e.g. "5@mesh_triangles:=0": 5 persons, full-resolution markers
             persons, _, params = spec.partition("@")
-            extra = run_node_bench(args, cfg.name, log, persons.split(","), params.split(";"))
-            result.setdefault("node", []).extend(dict(row, params=params) for row in extra.get("node", []))
-            if "node_error" in extra:
-                result.setdefault("node_errors", []).append({"params": params, "error": extra["node_error"]})
+            run = run_node_bench(args, cfg.name, log, persons.split(","), params.split(";"))
+            result.setdefault("node", []).extend(run.get("node", []))
+            if "node_run" in run:
+                result.setdefault("node_runs", []).append(run["node_run"])
+            else:
+                result.setdefault("node_errors", []).append({"params": params, "error": run["node_error"]})
             _save(args.out, result)
 
     result["total_s"] = time.perf_counter() - t_start
@@ -421,8 +421,8 @@ def run_node_bench(args: argparse.Namespace, config: str, log: Callable[[str], N
         if proc.returncode != 0 or not out.exists():
             return {"node_error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}"}
         doc = json.loads(out.read_text())
-    rows = doc.pop("node")
-    return {"node": rows, "node_run": doc}
+    label = {"backend": backend, "precision": precision, "params": ";".join(filter(None, params))}
+    return {"node": [dict(row, **label) for row in doc.pop("node")], "node_run": doc}
 
 
 def _save(path: Path, result: dict[str, Any]) -> None:
@@ -466,11 +466,11 @@ def print_table(r: dict[str, Any]) -> None:
     if r.get("node"):
         print(f"{'node (DDS)':<14}{'':<6}{'pers':>5}{'median ms':>11}{'p95 ms':>9}{'answered':>10}{'rate Hz':>9}")
         for n in r["node"]:
-            label = f"{r['node_run']['backend']}/{r['node_run']['precision']} {n.get('params', '')}"
+            label = f"{n['backend']}/{n['precision']} {n['params']}"
             fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
             print(f"{label:<20}{n['persons']:>5}{fmt(n['median_ms']):>11}{fmt(n['p95_ms']):>9}"
                   f"{n['answered']:>6}/{n['sent']:<3}{n['rate_hz']:>9.2f}")
-    for e in ([{"params": "", "error": r["node_error"]}] if "node_error" in r else []) + r.get("node_errors", []):
+    for e in r.get("node_errors", []):
         print(f"node {e['params']}: not measured ({e['error'][:200]})")
     if "peak_gpu_mem_gib" in r:
         print(f"peak GPU memory ({r['peak_gpu_mem_persons']} persons, whole pipeline): {r['peak_gpu_mem_gib']:.2f} GiB")
@@ -509,7 +509,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                          "refinement; default 1,5; '' skips)")
     p.add_argument("--pipeline-backend", default="torch-int8:fp8", help="backend:precision of the pipeline runs")
     p.add_argument("--memory-persons", type=int, default=8, help="persons of the frame whose peak GPU memory is reported")
-    p.add_argument("--node-persons", default="1,5,8", help="persons counts of the node bench over DDS ('' skips it)")
+    p.add_argument("--node-persons", default="1,5,8", help="persons counts of the node bench over DDS at default settings ('' skips these rows; "
+                        "--node-extra rows still run)")
     p.add_argument("--node-extra", action="append",
                    help="more node rows as PERSONS@NAME:=VALUE;NAME:=VALUE (repeatable; default: 5 persons with "
                         "full-resolution markers, and 1 and 5 persons in `full` mode; '' for none)")

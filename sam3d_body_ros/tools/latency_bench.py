@@ -430,7 +430,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = None
     t0 = time.monotonic()
     try:
-        rclpy.init(context=ctx)
+        rclpy.init(args=["latency_bench"], context=ctx)  # not sys.argv: rcl would read --param's NAME:=VALUE as a remap
         rec = Recorder()
         bench = Bench(ctx, rec)
         stamps = Stamps()
