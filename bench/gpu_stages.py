@@ -1,10 +1,10 @@
 """Where the host and GPU time of one frame goes, step by step, in the full-size pipeline (body and `full` mode).
 
-Wraps the pipeline's steps (box checks, frame upload, fixed-point tables, warp, normalisation, backbone, the three
-decoder passes of `full` mode, hand crop geometry and warps, the outputs' copy to the host) with timers: host time
-(perf_counter from entry to exit) and GPU time (CUDA events recorded at entry and exit). Also times the crop stage
-with three warps in the same process: the float grid_sample of before issue 15, the OpenCV-exact compiled remap, and
-the OpenCV-exact remap replayed from a CUDA graph per (persons, frame size).
+Wraps the pipeline's steps (box checks, intrinsics, the crop stage, backbone, the three decoder passes of `full` mode,
+hand crop geometry and warps, the outputs' copy to the host) with timers: host time (perf_counter from entry to exit)
+and GPU time (CUDA events recorded at entry and exit). Also times the crop stage through gpu_crop.py's three crop
+stages in the same process: the float grid_sample of before issue 15 and the OpenCV-exact warp, both launched per
+frame, and the pipeline's CropStage (OpenCV-exact, replayed from a CUDA graph per persons count).
 
     python bench/gpu_stages.py --out $OUT/stages.json
 """
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import gpu_crop  # noqa: E402  (bench/gpu_crop.py: the grid_sample "before" warp)
+import gpu_crop  # noqa: E402  (bench/gpu_crop.py: the three crop stages compared)
 
 from sam3d_body_ros import pipeline as pipeline_mod  # noqa: E402
 from sam3d_body_ros.core import crop as crop_mod  # noqa: E402
-from sam3d_body_ros.core import cv_warp, hands  # noqa: E402
+from sam3d_body_ros.core import hands  # noqa: E402
 from sam3d_body_ros.pipeline import BodyPipeline, PipelineSettings  # noqa: E402
 from sam3d_body_ros.tools.bench import synthetic_frame  # noqa: E402
 
@@ -86,64 +86,25 @@ def patch_module_steps(steps: Steps) -> None:
     pipeline_mod.resolve_intrinsics = w(pipeline_mod.resolve_intrinsics, "crop: intrinsics")
     pipeline_mod.prepare_crops = w(pipeline_mod.prepare_crops, "crop: prepare_crops (all)")
     pipeline_mod._to_numpy = w(pipeline_mod._to_numpy, "outputs to host")
-    crop_mod.PinnedUpload.__call__ = w(crop_mod.PinnedUpload.__call__, "crop: frame upload")
-    crop_mod.warp_affine_linear = w(crop_mod.warp_affine_linear, "crop: warp (tables + copy + remap)")
-    cv_warp.fixed_point_tables = w(cv_warp.fixed_point_tables, "crop: fixed-point tables")
-    cv_warp._remap_compiled = w(cv_warp._remap_compiled, "crop: compiled remap")
+    crop_mod.CropStage.__call__ = w(crop_mod.CropStage.__call__, "crop: upload + warp (CropStage)")
     hands.hand_crop_geometry = w(hands.hand_crop_geometry, "full: hand crop geometry (host)")
     hands.warp_hand_crops = w(hands.warp_hand_crops, "full: hand crops")
 
 
-class GraphWarp:
-    """The OpenCV-exact warp + normalisation replayed from one CUDA graph per (persons, frame shape)."""
-
-    def __init__(self) -> None:
-        self.graphs: dict[tuple, tuple] = {}
-
-    def __call__(self, frame: torch.Tensor, affines: np.ndarray, size: int) -> torch.Tensor:
-        tables = torch.from_numpy(cv_warp.fixed_point_tables(affines, size)).pin_memory()
-        key = (tuple(tables.shape), tuple(frame.shape))
-        if key not in self.graphs:
-            f, t = frame.clone(), tables.to(frame.device)
-            scale, shift = crop_mod._normalisation(frame.device)
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    torch.addcmul(shift, cv_warp._remap_compiled(f, t).float(), scale)
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                out = torch.addcmul(shift, cv_warp._remap_compiled(f, t).float(), scale)
-            self.graphs[key] = (g, f, t, out)
-        g, f, t, out = self.graphs[key]
-        f.copy_(frame, non_blocking=True)
-        t.copy_(tables, non_blocking=True)
-        g.replay()
-        return out.clone()
-
-
 def crop_variants(persons_list: list[int], warmup: int, iters: int, pipe: BodyPipeline) -> list[dict]:
-    """Crop stage host time (as BodyPipeline.infer measures it) with each warp, in this process (full model loaded),
-    each repetition followed by one full-model backbone call as in a frame."""
+    """Crop stage host time (prepare_crops, as BodyPipeline.infer measures it) through each of gpu_crop's three crop
+    stages, in this process (full model loaded), each repetition followed by one full-model backbone call as in a
+    frame."""
     rows = []
-    graph_warp = GraphWarp()
-    variants = {
-        "before: float grid_sample": gpu_crop.grid_sample_crops,
-        "now: OpenCV-exact, compiled remap": crop_mod._warp_torch,
-        "OpenCV-exact, CUDA graph per persons count": graph_warp,
-    }
-    original = crop_mod._warp_torch
     for persons in persons_list:
         image, boxes = synthetic_frame(persons)
         ref = None
-        for name, warp in variants.items():
-            crop_mod._warp_torch = warp
+        for name, stage in gpu_crop.variants(pipe).items():
             host = []
             for i in range(warmup + iters):
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                crops = crop_mod.prepare_crops(image, boxes, 512, pipe.device, pipe._upload)
+                crops = crop_mod.prepare_crops(image, boxes, 512, pipe.device, stage)
                 t1 = time.perf_counter()
                 pipe.backend(crops.images)
                 torch.cuda.synchronize()
@@ -154,10 +115,9 @@ def crop_variants(persons_list: list[int], warmup: int, iters: int, pipe: BodyPi
                 ref = crops.images if ref is None else ref
                 same = bool(torch.equal(ref, crops.images))
             rows.append({"variant": name, "persons": persons, "host_median_ms": float(np.median(host)),
-                         "host_p95_ms": float(np.percentile(host, 95)), "equal_to_compiled": same})
+                         "host_p95_ms": float(np.percentile(host, 95)), "equal_to_launched_exact": same})
             print(f"crop {persons}p {name}: {rows[-1]['host_median_ms']:.3f} ms (p95 {rows[-1]['host_p95_ms']:.3f})",
                   flush=True)
-    crop_mod._warp_torch = original
     return rows
 
 

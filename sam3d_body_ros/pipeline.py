@@ -12,7 +12,7 @@ import torch
 
 from .core.camera import project_points, resolve_intrinsics
 from .core.config import ModelConfig, get_config
-from .core.crop import PinnedUpload, prepare_crops, validate_boxes
+from .core.crop import CropStage, prepare_crops, validate_boxes
 from .core.errors import InputError
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ class BodyPipeline:
         from .core.checkpoint import load_checkpoint
         from .core.synthetic import random_head
         from .runtime.backend import create_backend, resolve_device
+        from .runtime.cuda_graph import BucketedRunner
         from .runtime.torch_backend import head_runner, make_runner
 
         if settings.mode not in MODES:
@@ -94,7 +95,7 @@ class BodyPipeline:
         self.head = head.to(self.device).eval()
         self.run_head = head_runner(self.head, self.device)
         self.faces = self.head.faces.cpu().numpy().astype(np.int64)
-        self._upload = PinnedUpload()
+        self._crops = CropStage(self.device, lambda warp: BucketedRunner(warp, graphs=self.device.type == "cuda"))
         m = self.cfg.mhr  # evaluate_bodies' packed columns: shape, model params, expr, cam_t, K
         self._body_eval = make_runner(BodyEvaluation(self.head.head_pose, (m.num_identity, m.num_model_params,
                                                                            m.num_expr, 3, 9)), self.device, compile=False)
@@ -142,7 +143,7 @@ class BodyPipeline:
             raise InputError("; ".join(rejected))
         kept = np.flatnonzero(valid)
         K, note = resolve_intrinsics(K, w, h)
-        crops = prepare_crops(image_rgb, boxes[kept], self.cfg.backbone.img_size, self.device, self._upload)
+        crops = prepare_crops(image_rgb, boxes[kept], self.cfg.backbone.img_size, self.device, self._crops)
         n = crops.images.shape[0]
         if n == 0:
             return self._empty(K, kept, rejected, note)

@@ -103,3 +103,31 @@ def test_gpu_warp_path_matches_opencv():
     assert (ref - got).abs().max() < 1e-5
     # the zero border matches too (outside the image both give normalised black)
     np.testing.assert_allclose(got[1, :, 0, 0].numpy(), (-IMAGENET_MEAN / IMAGENET_STD), atol=1e-5)
+
+
+def test_crop_stage_matches_opencv_across_frames_sizes_and_person_counts():
+    """The CUDA crop stage (one uploaded frame buffer, one wrapped warp per crop size), run here on the CPU with the
+    pipeline's runner (batch buckets, chunks above 8): OpenCV's crops for every frame, whatever came before."""
+    import torch
+
+    from sam3d_body_ros.core.crop import CropStage, _warp_cv2
+    from sam3d_body_ros.runtime.cuda_graph import BucketedRunner
+
+    stage = CropStage("cpu", lambda warp: BucketedRunner(warp))
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.astronaut()]  # frame shape changes, then back
+    rng = np.random.default_rng(0)
+    kept = []
+    for i, (img, n) in enumerate(zip(photos, [3, 1, 10, 2])):  # 10: two chunks of the 8-bucket runner
+        h, w = img.shape[:2]
+        x1, y1 = rng.uniform(-0.2, 0.7, n) * w, rng.uniform(-0.2, 0.7, n) * h
+        boxes = np.stack([x1, y1, x1 + rng.uniform(5, w, n), y1 + rng.uniform(5, h, n)], 1)
+        center, side = box_to_center_side(boxes)
+        size = 64 if i == 1 else 96
+        affines = np.stack([warp_matrix(c, s, size) for c, s in zip(center, side)])
+        crops, frame = stage(img, affines, size)
+        assert torch.equal(frame, torch.from_numpy(img))
+        assert (crops - _warp_cv2(img, affines, size)).abs().max() < 1e-5  # same uint8 crops, normalised
+        kept.append((crops.clone(), crops))
+    assert all(torch.equal(a, b) for a, b in kept)  # no call overwrote an earlier call's crops
+    empty, _ = stage(data.coffee(), np.zeros((0, 2, 3)), 64)
+    assert empty.shape == (0, 3, 64, 64)

@@ -6,7 +6,7 @@ import torch
 from skimage import data
 
 from sam3d_body_ros.core.crop import box_to_center_side, warp_matrix
-from sam3d_body_ros.core.cv_warp import _invert, warp_affine_linear
+from sam3d_body_ros.core.cv_warp import fixed_point_tables, invert_affine, warp_affine_linear
 
 PHOTOS = {
     "astronaut": data.astronaut(),  # 512x512
@@ -97,7 +97,7 @@ def test_inverse_is_opencvs_closed_form() -> None:
     # cv::invertAffineTransform uses the same double formula as cv::warpAffine's internal inversion.
     img = PHOTOS["coffee"]
     ms = [*_general_affines(img).values(), *(_affine(b, 512) for b in _boxes(img).values())]
-    ours = _invert(np.stack(ms))
+    ours = invert_affine(np.stack(ms))
     for m, inv in zip(ms, ours):
         assert np.array_equal(inv, cv2.invertAffineTransform(m))
 
@@ -120,11 +120,27 @@ def test_empty_batch() -> None:
     assert out.shape == (0, 3, 64, 64) and out.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("size", [512, 100])
+def test_coordinate_tables_equal_opencvs_double_arithmetic(size: int) -> None:
+    """The float64 torch tables equal WarpAffineInvoker's per-row / per-column sums, written here in numpy as
+    OpenCV's C++ evaluates them (a product, then a sum, each rounded; cvRound = half to even)."""
+    img = PHOTOS["coffee"]
+    inv = invert_affine(_batch(img, size))
+    y = np.arange(size, dtype=np.float64)
+    expect = np.empty((len(inv), 2, 2, size), np.int64)
+    for i, a in enumerate(inv):
+        for j in range(2):  # X then Y
+            expect[i, j, 0] = np.rint((a[j, 1] * y + a[j, 2]) * 1024.0).astype(np.int64) + 16  # + ROUND_DELTA
+            expect[i, j, 1] = np.rint(a[j, 0] * y * 1024.0).astype(np.int64)
+    got = fixed_point_tables(torch.from_numpy(inv), size)
+    assert got.dtype == torch.int32 and np.array_equal(got.numpy(), expect)
+
+
 def test_compiled_remap_used_on_cuda_gives_the_same_bits() -> None:
     """The torch.compile'd integer remap (what runs on CUDA) equals the eager one, here compiled for the CPU."""
-    from sam3d_body_ros.core.cv_warp import _remap_compiled, fixed_point_tables, remap_fixed_point
+    from sam3d_body_ros.core.cv_warp import _remap_compiled, remap_fixed_point
 
     img = torch.from_numpy(PHOTOS["chelsea"])
     affines = np.stack([_affine(b, 64) for b in _boxes(PHOTOS["chelsea"]).values()])
-    tables = torch.from_numpy(fixed_point_tables(affines, 64))
+    tables = fixed_point_tables(torch.from_numpy(invert_affine(affines)), 64)
     assert torch.equal(_remap_compiled(img, tables), remap_fixed_point(img, tables))

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
-from .cv_warp import warp_affine_linear
+from .cv_warp import invert_affine, warp_affine_linear, warp_by_inverse
 from .errors import InputError
 
 PADDING = 1.25
@@ -29,7 +30,7 @@ class CropBatch:
     affine: torch.Tensor  # (N,2,3) image px -> crop px
     boxes: torch.Tensor  # (N,4) xyxy, image px
     image_size: tuple[int, int]  # (W, H)
-    frame: torch.Tensor | None = None  # (H,W,3) uint8 frame on the GPU (CUDA only): reused for the hand crops
+    frame: torch.Tensor | None = None  # (H,W,3) uint8 frame on the GPU (CUDA only; until the next frame): for the hand crops
 
 
 def validate_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, list[str]]:
@@ -76,13 +77,13 @@ def prepare_crops(
     boxes: np.ndarray,
     size: int = 512,
     device: str | torch.device = "cpu",
-    upload: PinnedUpload | None = None,
+    stage: CropStage | None = None,
 ) -> CropBatch:
     """Warp each box (already checked by validate_boxes) of an RGB uint8 image to a normalised size x size crop
     (black border, bilinear).
 
-    On the CPU the warp is OpenCV's (the reference); on CUDA the frame is uploaded once (through `upload` when given)
-    and warped there.
+    On the CPU the warp is OpenCV's (the reference); on CUDA it is `stage`'s (a new CropStage when None): the frame
+    uploaded once and OpenCV's crops computed there, bit for bit.
     """
     if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         raise InputError(f"image must be an HxWx3 RGB array, got shape {getattr(image_rgb, 'shape', None)}")
@@ -97,8 +98,7 @@ def prepare_crops(
     if device.type == "cpu":
         images = _warp_cv2(image_rgb, affines, size)
     else:
-        frame = (upload or PinnedUpload())(image_rgb, device)
-        images = _warp_torch(frame, affines, size)
+        images, frame = (stage or CropStage(device))(image_rgb, affines, size)
     return CropBatch(
         images=images,
         center=torch.from_numpy(center).float(),
@@ -121,37 +121,68 @@ def _warp_cv2(image_rgb: np.ndarray, affines: np.ndarray, size: int) -> torch.Te
     return torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
 
 
-class PinnedUpload:
-    """Host→device copies of frames through a reused page-locked buffer (a pageable 2.7 MB upload took ~1 ms on the
-    H100 machine); the buffer is refilled only after the device has read the previous frame. One per pipeline; the
-    lock makes concurrent callers take turns."""
+Warp = Callable[[torch.Tensor], torch.Tensor]  # (N,2,3) float64 inverse affines on the device -> (N,3,S,S) crops
 
-    def __init__(self) -> None:
+
+class CropStage:
+    """The crop stage on a device: each frame is uploaded once, through a reused staging buffer (page-locked on CUDA:
+    a pageable 2.7 MB upload took ~1 ms on the H100 machine), into a frame buffer that stays put, and the warp +
+    normalisation of the boxes reads it through `wrap(warp)`, one per crop size (the pipeline wraps it in a runner
+    replaying one CUDA graph per persons count: eager, its ~15 launches cost ~0.5 ms of host time at 5 persons). The
+    staging buffers are refilled only after the device has read the previous frame's. One per pipeline; a lock makes
+    concurrent callers take turns."""
+
+    def __init__(self, device: str | torch.device, wrap: Callable[[Warp], Warp] = lambda warp: warp) -> None:
+        self.device = torch.device(device)
+        self._wrap = wrap
+        self._pinned = self.device.type == "cuda"
         self._lock = threading.Lock()
-        self._buffer: torch.Tensor | None = None
-        self._done: torch.cuda.Event | None = None
+        self._staged_frame: torch.Tensor | None = None
+        self._staged_inverse = torch.empty((0, 2, 3), dtype=torch.float64)
+        self._read: torch.cuda.Event | None = None  # recorded after the last copies out of the staging buffers
+        self._frame: torch.Tensor | None = None  # the frame on the device, read by every warp
+        self._warps: dict[int, Warp] = {}  # crop size -> wrapped warp of self._frame
 
-    def __call__(self, array: np.ndarray, device: torch.device) -> torch.Tensor:
-        """`array` (uint8) as a tensor on `device`; the copy may still be in flight on the current stream."""
-        if device.type != "cuda":
-            return torch.from_numpy(array).to(device)
+    def __call__(self, image_rgb: np.ndarray, affines: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,3,size,size) normalised crops (a tensor of their own) and the frame on the device (overwritten by the
+        next call's upload, which the stream orders after this frame's work)."""
+        n = len(affines)
         with self._lock:
-            if self._buffer is None or self._buffer.shape != array.shape:
-                self._buffer = torch.empty(array.shape, dtype=torch.uint8, pin_memory=True)
-            elif self._done is not None:
-                self._done.synchronize()
-            np.copyto(self._buffer.numpy(), array)
-            out = self._buffer.to(device, non_blocking=True)
-            self._done = torch.cuda.Event()
-            self._done.record(torch.cuda.current_stream(device))
-            return out
+            if self._read is not None:
+                self._read.synchronize()
+            if self._frame is None or self._frame.shape != image_rgb.shape:
+                if self._pinned:
+                    torch.cuda.current_stream(self.device).synchronize()  # no queued replay still reads the old one
+                self._staged_frame = torch.empty(image_rgb.shape, dtype=torch.uint8, pin_memory=self._pinned)
+                self._frame = torch.empty(image_rgb.shape, dtype=torch.uint8, device=self.device)
+                self._warps.clear()
+            if n > len(self._staged_inverse):
+                self._staged_inverse = torch.empty((n, 2, 3), dtype=torch.float64, pin_memory=self._pinned)
+            np.copyto(self._staged_frame.numpy(), image_rgb)  # works on read-only views of message bytes too
+            self._staged_inverse[:n].numpy()[:] = invert_affine(affines)
+            self._frame.copy_(self._staged_frame, non_blocking=True)
+            inverse = self._staged_inverse[:n].to(self.device, non_blocking=True)
+            if self._pinned:
+                self._read = torch.cuda.Event()
+                self._read.record(torch.cuda.current_stream(self.device))
+            if n == 0:
+                return torch.empty((0, 3, size, size), device=self.device), self._frame
+            if size not in self._warps:
+                frame = self._frame
+                self._warps[size] = self._wrap(lambda inverse: _normalise(warp_by_inverse(frame, inverse, size)))
+            return self._warps[size](inverse), self._frame
 
 
 def _warp_torch(frame: torch.Tensor, affines: np.ndarray, size: int) -> torch.Tensor:
     """OpenCV's uint8 crops computed on the frame's device (warp_affine_linear: bit-identical to cv2.warpAffine),
     then normalised as on the CPU."""
-    scale, shift = _normalisation(frame.device)
-    return torch.addcmul(shift, warp_affine_linear(frame, affines, size).float(), scale)  # (x / 255 - mean) / std
+    return _normalise(warp_affine_linear(frame, affines, size))
+
+
+def _normalise(crops: torch.Tensor) -> torch.Tensor:
+    """(N,3,S,S) uint8 -> float32 (x / 255 - mean) / std, per channel."""
+    scale, shift = _normalisation(crops.device)
+    return torch.addcmul(shift, crops.float(), scale)
 
 
 @functools.lru_cache(maxsize=4)

@@ -2,8 +2,9 @@
 
 Mirrors OpenCV 4.x (checked against opencv-python 4.13): ``cv::warpAffine`` inverts M in double precision,
 ``WarpAffineInvoker`` / ``hal::warpAffineBlockline`` turn it into source coordinates with 1/32 px fixed point, and
-``remapBilinear`` blends the 2x2 neighbourhood with 15-bit integer weights from ``initInterTab2D``. Everything after the
-matrix inversion is integer arithmetic, so CPU and CUDA give the same bits. (OpenCV 5.x replaced this with a float32
+``remapBilinear`` blends the 2x2 neighbourhood with 15-bit integer weights from ``initInterTab2D``. The inversion runs
+on the host, the coordinate tables as float64 torch ops (one per OpenCV operation, each rounded by itself), everything
+after them is integer arithmetic, so CPU and CUDA give the same bits. (OpenCV 5.x replaced this with a float32
 kernel, ``warpAffineLinearInvoker_8UC3``, whose results differ by up to a few grey levels.)
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ ROUND_DELTA = AB_SCALE // INTER_TAB_SIZE // 2  # rounds to the nearest 1/32 px w
 INTER_REMAP_COEF_BITS = 15  # bilinear weights sum to 1 << 15
 
 
-def _invert(m: np.ndarray) -> np.ndarray:
+def invert_affine(m: np.ndarray) -> np.ndarray:
     """(N,2,3) forward affines -> (N,2,3) float64 inverses, by cv::warpAffine's closed form and operation order."""
     m0, m1, m2, m3, m4, m5 = np.asarray(m, dtype=np.float64).reshape(-1, 6).T
     d = m0 * m4 - m1 * m3
@@ -28,21 +29,22 @@ def _invert(m: np.ndarray) -> np.ndarray:
     return np.stack([a0, a1, -a0 * m2 - a1 * m5, a3, a4, -a3 * m2 - a4 * m5], 1).reshape(-1, 2, 3)
 
 
-def _saturate_int(v: np.ndarray) -> np.ndarray:
-    """saturate_cast<int>(double): cvRound (round half to even) clamped to the int32 range."""
-    return np.clip(np.rint(v), -(2.0**31), 2.0**31 - 1).astype(np.int64)
+def _saturate_int(v: torch.Tensor) -> torch.Tensor:
+    """saturate_cast<int>(double): cvRound (round half to even) clamped to the int32 range, as int64."""
+    return torch.round(v).clamp(-(2.0**31), 2.0**31 - 1).to(torch.int64)
 
 
-def fixed_point_tables(affines: np.ndarray, size: int) -> np.ndarray:
-    """(N,2,3) forward affines -> (N,2,2,size) int32 [row, column] tables of OpenCV's source coordinates in 1/1024 px:
-    X = (row_x[y] + col_x[x]) >> 5 (likewise Y). Double-precision work, done on the host exactly as OpenCV does it."""
-    a = _invert(affines)  # crop px -> image px
-    r = np.arange(size, dtype=np.float64)
+def fixed_point_tables(inverse: torch.Tensor, size: int) -> torch.Tensor:
+    """(N,2,3) float64 inverse affines (crop px -> image px) -> (N,2,2,size) int32 [row, column] tables of OpenCV's
+    source coordinates in 1/1024 px: X = (row_x[y] + col_x[x]) >> 5 (likewise Y). Float64 work on the tensors' device,
+    one torch op per operation of OpenCV's (each rounded by itself, no fused multiply-add), so every device gives
+    OpenCV's integers."""
+    r = torch.arange(size, dtype=torch.float64, device=inverse.device)
     # WarpAffineInvoker: per column adelta = cvRound(A0*x*AB_SCALE) (bdelta with A3), per row
     # X0 = cvRound((A1*y + A2)*AB_SCALE) + ROUND_DELTA (Y0 with A4, A5); both in units of 1/1024 px.
-    col = _saturate_int(a[..., 0:1] * r * AB_SCALE)  # (N,2,S): adelta, bdelta
-    row = _saturate_int((a[..., 1:2] * r + a[..., 2:3]) * AB_SCALE) + ROUND_DELTA  # (N,2,S): X0, Y0
-    return np.stack([row, col], axis=2).astype(np.int32)
+    col = _saturate_int(inverse[..., 0:1] * r * AB_SCALE)  # (N,2,S): adelta, bdelta
+    row = _saturate_int((inverse[..., 1:2] * r + inverse[..., 2:3]) * AB_SCALE) + ROUND_DELTA  # (N,2,S): X0, Y0
+    return torch.stack([row, col], dim=2).to(torch.int32)
 
 
 def remap_fixed_point(image: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
@@ -79,10 +81,15 @@ def remap_fixed_point(image: torch.Tensor, tables: torch.Tensor) -> torch.Tensor
 _remap_compiled = torch.compile(remap_fixed_point, dynamic=True)
 
 
+def warp_by_inverse(image: torch.Tensor, inverse: torch.Tensor, size: int) -> torch.Tensor:
+    """(H,W,C) uint8 image and (N,2,3) float64 inverse affines on its device -> (N,C,size,size) uint8 crops, all on
+    the device (what the CUDA crop stage captures in a graph)."""
+    remap = _remap_compiled if image.is_cuda else remap_fixed_point
+    return remap(image, fixed_point_tables(inverse, size))
+
+
 def warp_affine_linear(image: torch.Tensor, affines: np.ndarray, size: int) -> torch.Tensor:
     """(H,W,C) uint8 image on any device, (N,2,3) float64 forward affines (image px -> crop px, as given to
     cv2.warpAffine) -> (N,C,size,size) uint8 crops, equal to cv2.warpAffine(..., INTER_LINEAR, BORDER_CONSTANT, 0)
     bit for bit."""
-    tables = torch.from_numpy(fixed_point_tables(affines, size)).to(image.device, non_blocking=True)
-    remap = _remap_compiled if image.is_cuda else remap_fixed_point
-    return remap(image, tables)
+    return warp_by_inverse(image, torch.from_numpy(invert_affine(affines)).to(image.device), size)
